@@ -1,0 +1,98 @@
+"""CUDA-graph capture and replay of fixed-shape engine stages, with an eager fallback.
+
+A stage is a pure function of tensors (Python constants baked in, all part of the cache ``key``).
+The first call for a key captures it (after a warm-up on a side stream); later calls copy their
+inputs into the captured buffers and replay. Any failure to capture is remembered per key and
+the stage runs eagerly from then on (:func:`status` reports it). Shapes vary per frame only through
+the number of points, which the solver pads to power-of-two buckets, so few graphs exist.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["bucket_size", "call", "clear", "failed", "status"]
+
+
+@dataclass
+class _Entry:
+    graph: torch.cuda.CUDAGraph
+    inputs: tuple[torch.Tensor, ...]
+    outputs: tuple[torch.Tensor, ...]
+
+
+_CACHE: dict[Hashable, _Entry] = {}
+_FAILED: dict[Hashable, str] = {}
+_REPLAYS: dict[str, int] = {}
+
+
+def bucket_size(n: int, minimum: int = 64) -> int:
+    """Padded point count: the next power of two ``>= n`` (at least ``minimum``)."""
+    b = minimum
+    while b < n:
+        b *= 2
+    return b
+
+
+def clear() -> None:
+    """Drop every captured graph (frees their memory pools)."""
+    _CACHE.clear()
+    _FAILED.clear()
+    _REPLAYS.clear()
+
+
+def failed(key: Hashable) -> bool:
+    """Whether capturing ``key`` failed before (it then runs eagerly)."""
+    return key in _FAILED
+
+
+def status() -> dict[str, object]:
+    """Captured keys, failures (key -> error) and replay counts per stage name."""
+    return {
+        "captured": [str(k) for k in _CACHE],
+        "failed": {str(k): v for k, v in _FAILED.items()},
+        "replays": dict(_REPLAYS),
+    }
+
+
+def call(
+    key: Hashable,
+    fn: Callable[..., tuple[torch.Tensor, ...]],
+    inputs: tuple[torch.Tensor, ...],
+    warmup: int = 2,
+) -> tuple[torch.Tensor, ...]:
+    """``fn(*inputs)`` through a CUDA graph cached under ``key`` (eager if capture failed).
+
+    ``fn`` must only read its arguments and Python constants, must not synchronise with the host,
+    and returns a tuple of tensors. Returned tensors are fresh copies.
+    """
+    entry = _CACHE.get(key)
+    if entry is None:
+        if key in _FAILED:
+            return fn(*inputs)
+        static_in = tuple(x.clone() for x in inputs)
+        try:
+            side = torch.cuda.Stream(device=static_in[0].device)
+            side.wait_stream(torch.cuda.current_stream(static_in[0].device))
+            with torch.cuda.stream(side):
+                for _ in range(warmup):
+                    fn(*static_in)
+            torch.cuda.current_stream(static_in[0].device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                static_out = fn(*static_in)
+            entry = _Entry(graph, static_in, tuple(static_out))
+            _CACHE[key] = entry
+        except Exception as err:  # noqa: BLE001 - any capture problem means: run eagerly
+            _FAILED[key] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            torch.cuda.synchronize()
+            return fn(*inputs)
+    for dst, src in zip(entry.inputs, inputs, strict=True):
+        dst.copy_(src)
+    entry.graph.replay()
+    name = str(key[0]) if isinstance(key, tuple) and key else str(key)
+    _REPLAYS[name] = _REPLAYS.get(name, 0) + 1
+    return tuple(o.clone() for o in entry.outputs)

@@ -1,0 +1,437 @@
+"""NRE loss maps: coarse dense maps, fine maps in local windows, and the bilinear NRE cost.
+
+Definitions (../shared/docs/nre-method.md, eq. 7): for map point ``n`` with descriptor ``h_n`` and a
+query map ``H`` of ``|Omega| = H*W`` cells, ``C_n = softmax(h_n . H)`` and the loss map is
+``L_n(q) = min(ln|Omega'|, -log C_n(q))`` with ``|Omega'| = |Omega| + 1`` (outlier state).
+
+The engine stores the non-negative *information* ``a_n(q) = ln|Omega'| - L_n(q) =
+max(0, ln|Omega'| + log C_n(q))`` instead of ``L``: it is zero on truncated cells, so windows
+and padding are simply zero, and the cost of a point is ``ln|Omega'| - a_n(p)``.
+
+Cell coordinates follow :mod:`nre_localization.geometry.cells` (cell (0, 0) is the centre of the
+first cell; ``c = (pixel + 0.5) / stride - 0.5``); ``(x, y)`` order everywhere.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from nre_localization.engine.types import MapPoints, QueryFeatures, SolverConfig
+
+__all__ = [
+    "CoarseMaps",
+    "InfoMaps",
+    "argmax_cells",
+    "bilinear_info",
+    "build_coarse_maps",
+    "build_fine_maps",
+    "coarse_info_maps",
+    "nre_cost",
+    "window_argmax_cells",
+]
+
+
+@dataclass
+class CoarseMaps:
+    """Dense coarse correspondence maps.
+
+    ``logp [N, Hc, Wc]`` float32 log-probabilities (one softmax over all cells); ``entropy [N]``
+    (nats; ``+inf`` for dead/padding points); ``argmax [N]`` flat cell index; ``log_omega`` is
+    ``ln(Hc*Wc + 1)``.
+    """
+
+    logp: torch.Tensor
+    entropy: torch.Tensor
+    argmax: torch.Tensor
+    stride: int
+    log_omega: float
+
+    @property
+    def height(self) -> int:
+        return int(self.logp.shape[1])
+
+    @property
+    def width(self) -> int:
+        return int(self.logp.shape[2])
+
+
+@dataclass
+class InfoMaps:
+    """Per-point information windows ``a = ln|Omega'| - L >= 0`` (zero = truncated).
+
+    ``data [N, h + 2 pad, w + 2 pad]`` float32, zero in the padding; window cell ``(i, j)`` of point
+    ``n`` is full-map cell ``origin[n] + (j, i)``; ``origin [N, 2]`` float32 ``(x, y)``.
+    ``map_height x map_width`` is the full map (cells): reprojections outside it cost exactly
+    ``log_omega``. Coarse maps are one window covering the whole map (origin 0); fine maps are
+    ``fine_window``-sided windows, the sparse storage of their non-truncated cells.
+    """
+
+    data: torch.Tensor
+    origin: torch.Tensor
+    pad: int
+    map_height: int
+    map_width: int
+    stride: int
+    log_omega: float
+
+    @property
+    def window(self) -> tuple[int, int]:
+        """Unpadded window size ``(h, w)`` in cells."""
+        return int(self.data.shape[1]) - 2 * self.pad, int(self.data.shape[2]) - 2 * self.pad
+
+    def nnz(self) -> int:
+        """Number of non-truncated cells stored (syncs on CUDA)."""
+        return int((self.data > 0).sum())
+
+    def to_sparse(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Non-truncated cells: ``(point index [K], full-map cell (x, y) [K, 2], info [K])``."""
+        n, i, j = torch.nonzero(self.data > 0, as_tuple=True)
+        cells = self.origin[n] + torch.stack([j - self.pad, i - self.pad], -1).to(self.origin.dtype)
+        return n, cells, self.data[n, i, j]
+
+
+def _flat_hwc_scaled(fmap: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[D, H, W]`` -> ``[H*W, D]`` contiguous in ``dtype`` (scaled as :func:`_scaled`)."""
+    d = fmap.shape[0]
+    x, s = _scaled(fmap.reshape(d, -1), dtype)
+    return x.t().contiguous(), s
+
+
+def _corr_dtype(device: torch.device, config: SolverConfig) -> torch.dtype:
+    return torch.float16 if (device.type == "cuda" and config.half_correlation) else torch.float32
+
+
+def _scaled(x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(x / s).to(dtype)`` and ``s = max|x|`` (0-d float32 tensor; 1 for float32 = no scaling).
+
+    In fp16 every element is then <= 1 and a dot product <= D: no overflow whatever the descriptor
+    norms; scores are rescaled by ``s_a s_b`` in float32.
+    """
+    if dtype == torch.float32:
+        return x.to(dtype), torch.ones((), dtype=torch.float32, device=x.device)
+    s = x.detach().abs().amax().to(torch.float32).clamp_min(1e-20)
+    return (x / s).to(dtype), s
+
+
+def build_coarse_maps(
+    query: QueryFeatures,
+    points: MapPoints,
+    config: SolverConfig,
+    alive: torch.Tensor | None = None,
+) -> CoarseMaps:
+    """Coarse dense log-probability maps, in chunks of ``config.point_chunk`` points.
+
+    ``alive [N]`` bool marks real points (False for padding); dead points get ``entropy = inf``.
+    """
+    dc, hc, wc = query.coarse.shape
+    dev = query.coarse.device
+    dt = _corr_dtype(dev, config)
+    hmap, sh = _scaled(query.coarse.reshape(dc, hc * wc), dt)
+    desc, sd = _scaled(points.desc_coarse, dt)
+    scale = sh * sd
+    n = points.desc_coarse.shape[0]
+    logp = torch.empty((n, hc * wc), dtype=torch.float32, device=dev)
+    ent = torch.empty((n,), dtype=torch.float32, device=dev)
+    for s in range(0, n, config.point_chunk):
+        e = min(n, s + config.point_chunk)
+        scores = (desc[s:e] @ hmap).float() * scale
+        lp = torch.log_softmax(scores, dim=-1)
+        logp[s:e] = lp
+        ent[s:e] = -(lp.exp() * lp).sum(-1)
+    if alive is not None:
+        ent = torch.where(alive, ent, torch.full_like(ent, math.inf))
+    return CoarseMaps(
+        logp=logp.view(n, hc, wc),
+        entropy=ent,
+        argmax=logp.argmax(-1),
+        stride=query.coarse_stride,
+        log_omega=math.log(hc * wc + 1),
+    )
+
+
+def coarse_info_maps(
+    coarse: CoarseMaps, pad: int, alive: torch.Tensor | None = None, onehot: bool = False
+) -> InfoMaps:
+    """Coarse information maps ``max(0, ln|Omega'| + log C)`` zero-padded by ``pad`` cells.
+
+    ``onehot=True`` gives the RE baseline (eq. 11): ``ln|Omega'|`` at the argmax cell, 0 elsewhere.
+    """
+    n, hc, wc = coarse.logp.shape
+    if onehot:
+        info = torch.zeros((n, hc * wc), dtype=torch.float32, device=coarse.logp.device)
+        info.scatter_(1, coarse.argmax[:, None], coarse.log_omega)
+        info = info.view(n, hc, wc)
+    else:
+        info = (coarse.logp + coarse.log_omega).clamp_min(0.0)
+    if alive is not None:
+        info = info * alive[:, None, None].to(info.dtype)
+    return InfoMaps(
+        data=F.pad(info, (pad, pad, pad, pad)),
+        origin=torch.zeros((n, 2), dtype=torch.float32, device=info.device),
+        pad=pad,
+        map_height=hc,
+        map_width=wc,
+        stride=coarse.stride,
+        log_omega=coarse.log_omega,
+    )
+
+
+def argmax_cells(coarse: CoarseMaps, refine: bool = True) -> torch.Tensor:
+    """Argmax of each coarse map as continuous cell coordinates ``[N, 2]`` ``(x, y)``.
+
+    ``refine``: probability-weighted centroid over the 3x3 neighbourhood (inside the map) for a
+    sub-cell estimate.
+    """
+    n, hc, wc = coarse.logp.shape
+    iy = torch.div(coarse.argmax, wc, rounding_mode="floor")
+    ix = coarse.argmax - iy * wc
+    base = torch.stack([ix, iy], -1).to(torch.float32)
+    if not refine:
+        return base
+    off = torch.arange(-1, 2, device=coarse.logp.device)
+    yy = iy[:, None, None] + off[None, :, None]
+    xx = ix[:, None, None] + off[None, None, :]
+    inside = (yy >= 0) & (yy < hc) & (xx >= 0) & (xx < wc)
+    flat = (yy.clamp(0, hc - 1) * wc + xx.clamp(0, wc - 1)).view(n, 9)
+    p = torch.gather(coarse.logp.view(n, -1), 1, flat).exp().view(n, 3, 3) * inside
+    tot = p.sum((1, 2)).clamp_min(1e-30)
+    offf = off.to(torch.float32)
+    dx = (p.sum(1) * offf).sum(-1) / tot
+    dy = (p.sum(2) * offf).sum(-1) / tot
+    return base + torch.stack([dx, dy], -1)
+
+
+def _window_origin(centres: torch.Tensor, window: int) -> torch.Tensor:
+    """Integer-valued window origins ``[N, 2]`` so that the window is centred on ``centres``."""
+    return torch.floor(centres - (window - 1) / 2.0 + 0.5)
+
+
+def _coarse_log_mass(
+    coarse: CoarseMaps, origin: torch.Tensor, window: int, fine_stride: int
+) -> torch.Tensor:
+    """``log`` of the coarse probability mass over each fine window ``[N]``.
+
+    The window covers pixels ``[o s_f - .5, (o + w) s_f - .5)`` per axis; each coarse cell's mass is
+    spread uniformly over its ``s_c x s_c`` pixel block, so the mass is
+    ``sum_ij P(i, j) f_y(i) f_x(j)`` with ``f`` the covered fraction of the cell's extent.
+    """
+    n, hc, wc = coarse.logp.shape
+    sc, sf = float(coarse.stride), float(fine_stride)
+    k = math.ceil(window * sf / sc) + 1
+    lo = origin * sf - 0.5  # [N, 2] pixel edges
+    hi = (origin + window) * sf - 0.5
+    j0 = torch.floor(origin * sf / sc)  # coarse cell holding the window's first pixel edge
+    ks = torch.arange(k, device=origin.device, dtype=origin.dtype)
+    j = j0[:, :, None] + ks  # [N, 2, K]
+    cell_lo = j * sc - 0.5
+    frac = torch.minimum(hi[:, :, None], cell_lo + sc) - torch.maximum(lo[:, :, None], cell_lo)
+    frac = (frac / sc).clamp_min(0.0)
+    inb = torch.stack([(j[:, 0] >= 0) & (j[:, 0] < wc), (j[:, 1] >= 0) & (j[:, 1] < hc)], 1)
+    frac = frac * inb
+    jl = j.clamp_min(0).long()
+    jx, jy = jl[:, 0].clamp_max(wc - 1), jl[:, 1].clamp_max(hc - 1)
+    flat = (jy[:, :, None] * wc + jx[:, None, :]).view(n, k * k)
+    p = torch.gather(coarse.logp.view(n, -1), 1, flat).exp().view(n, k, k)
+    mass = (p * frac[:, 1, :, None] * frac[:, 0, None, :]).sum((1, 2))
+    return torch.log(mass.clamp(1e-30, 1.0))
+
+
+def _window_scores_gather(
+    table: torch.Tensor,
+    desc: torch.Tensor,
+    origin: torch.Tensor,
+    w: int,
+    hf: int,
+    wf: int,
+    chunk: int,
+) -> torch.Tensor:
+    """Scores ``[n, w, w]`` by gathering each window's descriptors (GPU path)."""
+    n, df = desc.shape
+    ar = torch.arange(w, device=desc.device)
+    out = torch.empty((n, w, w), dtype=torch.float32, device=desc.device)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
+        xs = (origin[s:e, 0, None] + ar).clamp(0, wf - 1)
+        ys = (origin[s:e, 1, None] + ar).clamp(0, hf - 1)
+        flat = ys[:, :, None] * wf + xs[:, None, :]
+        d = table.index_select(0, flat.view(-1)).view(e - s, w * w, df)
+        out[s:e] = torch.bmm(d, desc[s:e, :, None])[..., 0].view(e - s, w, w).float()
+    return out
+
+
+def _window_scores_tiled(
+    fmap: torch.Tensor, desc: torch.Tensor, origin: torch.Tensor, w: int, tile: int = 24
+) -> torch.Tensor:
+    """Scores ``[n, w, w]`` by one GEMM per map tile (CPU path: no per-point window copies).
+
+    ``fmap [Df, Hf, Wf]`` as given (no full-map transpose). Points are grouped by the tile holding
+    their window origin; each group multiplies its descriptors with the ``(tile + w - 1)^2`` cells
+    its windows can touch, then gathers.
+    """
+    n, df = desc.shape
+    _, hf, wf = fmap.shape
+    ar = torch.arange(w)
+    out = torch.empty((n, w, w), dtype=torch.float32)
+    ntx = (wf + tile - 1) // tile
+    oc = torch.stack([origin[:, 0].clamp(0, wf - 1), origin[:, 1].clamp(0, hf - 1)], -1)
+    tid = torch.div(oc[:, 1], tile, rounding_mode="floor") * ntx + torch.div(
+        oc[:, 0], tile, rounding_mode="floor"
+    )
+    order = torch.argsort(tid)
+    tids, counts = torch.unique_consecutive(tid[order], return_counts=True)
+    s = 0
+    for t_, c in zip(tids.tolist(), counts.tolist(), strict=True):
+        idx = order[s : s + c]
+        s += c
+        ty, tx = divmod(t_, ntx)
+        y0, x0 = ty * tile, tx * tile
+        y1, x1 = min(hf, y0 + tile + w - 1), min(wf, x0 + tile + w - 1)
+        sub = fmap[:, y0:y1, x0:x1].reshape(df, -1)
+        scores = desc[idx] @ sub  # [c, rh * rw]
+        rw = x1 - x0
+        yy = (origin[idx, 1, None] + ar - y0).clamp(0, y1 - y0 - 1)
+        xx = (origin[idx, 0, None] + ar - x0).clamp(0, rw - 1)
+        out[idx] = scores.gather(1, (yy[:, :, None] * rw + xx[:, None, :]).view(c, -1)).view(
+            c, w, w
+        )
+    return out
+
+
+def build_fine_maps(
+    query: QueryFeatures,
+    points: MapPoints,
+    coarse: CoarseMaps | None,
+    centres: torch.Tensor,
+    valid: torch.Tensor,
+    pad: int,
+    config: SolverConfig,
+    alive: torch.Tensor | None = None,
+    onehot: bool = False,
+    compact: bool | None = None,
+) -> InfoMaps:
+    """Fine information windows around ``centres [N, 2]`` (fine-cell coordinates).
+
+    Inside the ``w x w`` window (``w = config.fine_window``) the fine scores ``h_n . H_f`` get a
+    local softmax, scaled by the coarse probability mass ``M_n`` of the window (coarse-mass
+    renormalisation), and are truncated at ``ln|Omega'_fine| = ln(Hf*Wf + 1)``:
+    ``a = max(0, ln|Omega'_f| + log M_n + log_softmax_window)``. Cells outside the window are
+    truncated (``a = 0``). Points with ``valid = False`` get an all-zero window, and so do points
+    whose window is wholly truncated (``M_n <= 1/|Omega'_f|``), which the CPU path skips.
+    ``onehot=True`` (RE baseline): ``ln|Omega'_f|`` at the window's argmax, 0 elsewhere (needs no
+    coarse maps). ``compact`` (default: on the CPU) computes only the needed windows, by tiled
+    GEMMs; otherwise every window is gathered (fixed shapes, no host sync: the GPU path).
+    """
+    df, hf, wf = query.fine.shape
+    dev = query.fine.device
+    w = config.fine_window
+    n = points.desc_fine.shape[0]
+    log_omega = math.log(hf * wf + 1)
+    dt = _corr_dtype(dev, config)
+    origin = _window_origin(centres.to(torch.float32), w)
+    origin = torch.where(valid[:, None], origin, torch.full_like(origin, -1e6))
+    if onehot or coarse is None:
+        log_mass = torch.zeros((n,), dtype=torch.float32, device=dev)
+    else:
+        log_mass = _coarse_log_mass(coarse, origin, w, query.fine_stride)
+    need = valid & (log_mass + log_omega > 0)
+    if alive is not None:
+        need = need & alive
+    data = torch.zeros((n, w + 2 * pad, w + 2 * pad), dtype=torch.float32, device=dev)
+    if compact is None:
+        compact = dev.type == "cpu"
+    if compact:
+        sel = torch.nonzero(need)[:, 0]
+        if sel.numel() == 0:
+            return InfoMaps(data, origin, pad, hf, wf, query.fine_stride, log_omega)
+        o = origin[sel].long()
+        scores = _window_scores_tiled(query.fine.float(), points.desc_fine[sel].float(), o, w)
+    else:
+        sel = None
+        o = origin.long()
+        table, st = _flat_hwc_scaled(query.fine, dt)
+        desc, sd = _scaled(points.desc_fine, dt)
+        scores = _window_scores_gather(table, desc, o, w, hf, wf, config.point_chunk) * (st * sd)
+    ar = torch.arange(w, device=dev)
+    xs, ys = o[:, 0, None] + ar, o[:, 1, None] + ar
+    ok = ((ys >= 0) & (ys < hf))[:, :, None] & ((xs >= 0) & (xs < wf))[:, None, :]
+    scores = scores.masked_fill(~ok, -math.inf)
+    m = scores.shape[0]
+    if onehot:
+        am = scores.view(m, -1).argmax(-1)
+        info = torch.zeros((m, w * w), dtype=torch.float32, device=dev)
+        info.scatter_(1, am[:, None], log_omega)
+        info = info.view(m, w, w) * ok
+    else:
+        lsm = torch.log_softmax(scores.view(m, -1), dim=-1).view(m, w, w)
+        lm = log_mass if sel is None else log_mass[sel]
+        info = (lsm + lm[:, None, None] + log_omega).clamp_min(0.0)
+        info = torch.where(ok, info, torch.zeros_like(info))
+    if sel is None:
+        data[:, pad : pad + w, pad : pad + w] = info * need[:, None, None]
+    else:
+        data[sel, pad : pad + w, pad : pad + w] = info
+    return InfoMaps(
+        data=data,
+        origin=origin,
+        pad=pad,
+        map_height=hf,
+        map_width=wf,
+        stride=query.fine_stride,
+        log_omega=log_omega,
+    )
+
+
+def window_argmax_cells(maps: InfoMaps) -> tuple[torch.Tensor, torch.Tensor]:
+    """Full-map cell ``[N, 2]`` of each window's largest information, and ``has [N]`` (any > 0)."""
+    n = maps.data.shape[0]
+    h, w = maps.window
+    inner = maps.data[:, maps.pad : maps.pad + h, maps.pad : maps.pad + w].reshape(n, -1)
+    best, am = inner.max(-1)
+    iy = torch.div(am, w, rounding_mode="floor")
+    ix = am - iy * w
+    return maps.origin + torch.stack([ix, iy], -1).to(maps.origin.dtype), best > 0
+
+
+def bilinear_info(
+    maps: InfoMaps, cells: torch.Tensor, valid: torch.Tensor, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Bilinearly interpolated information at full-map cells ``[..., N, 2]`` -> ``[..., N]``.
+
+    Zero (i.e. cost ``ln|Omega'|`` exactly) for invalid projections (behind the camera, ...) and for
+    cells outside the full map (beyond the first/last cell centres). ``index [N]`` (optional) says
+    which maps the ``N`` points use (default: all maps, in order).
+    """
+    hp, wp = int(maps.data.shape[1]), int(maps.data.shape[2])
+    cx, cy = cells[..., 0], cells[..., 1]
+    inside = (
+        valid & (cx >= 0) & (cy >= 0) & (cx <= maps.map_width - 1) & (cy <= maps.map_height - 1)
+    )
+    origin = maps.origin if index is None else maps.origin[index]
+    # Inside the map the window coordinates lie in [pad, pad + size - 1] (pad >= 1), so the four
+    # corners are in bounds; elsewhere read cell (0, 0) of the padding (zero) and mask anyway.
+    lx = torch.where(inside, cx - origin[:, 0] + maps.pad, 0.0)
+    ly = torch.where(inside, cy - origin[:, 1] + maps.pad, 0.0)
+    x0, y0 = torch.floor(lx), torch.floor(ly)
+    fx, fy = lx - x0, ly - y0
+    base = y0.long() * wp + x0.long()
+    if index is None:
+        base = base + torch.arange(maps.data.shape[0], device=cells.device) * (hp * wp)
+    else:
+        base = base + index * (hp * wp)
+    flat = maps.data.view(-1)
+    v00, v01 = torch.take(flat, base), torch.take(flat, base + 1)
+    v10, v11 = torch.take(flat, base + wp), torch.take(flat, base + wp + 1)
+    top = v00 + fx * (v01 - v00)
+    bot = v10 + fx * (v11 - v10)
+    return (top + fy * (bot - top)) * inside
+
+
+def nre_cost(
+    maps: InfoMaps, cells: torch.Tensor, valid: torch.Tensor, index: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Per-point NRE ``[..., N]`` at full-map cells ``[..., N, 2]``: ``ln|Omega'| - a(p)``."""
+    return maps.log_omega - bilinear_info(maps, cells, valid, index)

@@ -1,0 +1,153 @@
+"""MSAC-P3P initialisation (eq. 8), every hypothesis generated and scored in one batched pass.
+
+1. Candidates: the ``msac_candidate_fraction`` most peaked coarse maps (lowest entropy; at least
+   ``msac_min_candidates``), each weighted by ``ln|Omega'| - entropy`` (more peaked, more likely).
+2. Triplets of *distinct* points drawn with those weights without replacement (the first three
+   distinct of i.i.d. draws), from a counter-based RNG that gives the same triplets on CPU and CUDA.
+3. Bearings from the (sub-cell refined) argmax of each coarse map; batched P3P -> up to 4 poses per
+   triplet.
+4. Every pose is scored with the truncated NRE sum (bilinear, ``ln|Omega'|`` outside the map or
+   behind the camera, no inlier threshold) on ``msac_score_points`` points (0: all); the
+   ``msac_refine_top`` best are re-scored on all points and the best is kept.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from nre_localization.engine.loss_maps import CoarseMaps, InfoMaps, argmax_cells, nre_cost
+from nre_localization.engine.rng import hash_uniform
+from nre_localization.engine.types import SolverConfig
+from nre_localization.geometry.cameras import Camera
+from nre_localization.geometry.cells import cell_to_pixel
+from nre_localization.geometry.p3p import p3p
+from nre_localization.geometry.se3 import make_pose, matrix_to_quat_wxyz, quat_wxyz_to_matrix
+
+__all__ = ["msac_p3p", "score_poses"]
+
+
+def _sample_triplets(
+    weight: torch.Tensor, n_hyp: int, seed: int, device: torch.device, draws: int = 32
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n_hyp`` triplets of distinct indices into ``weight [K]`` (>= 0), without replacement.
+
+    Draws ``draws`` i.i.d. indices per triplet from the weights (inverse CDF) and keeps the first
+    three distinct ones: exactly successive sampling without replacement. Returns ``(idx [B, 3],
+    ok [B])``; ``ok`` is False in the (negligible) case of fewer than 3 distinct draws.
+    """
+    cdf = torch.cumsum(weight.to(torch.float64), 0)
+    u = hash_uniform((n_hyp, draws), seed, 1, device, torch.float64) * cdf[-1]
+    s = torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(weight.shape[0] - 1)
+    earlier = torch.ones(draws, draws, dtype=torch.bool, device=device).tril(-1)  # j < i
+    dup = ((s[:, :, None] == s[:, None, :]) & earlier).any(-1)
+    rank = torch.cumsum((~dup).to(torch.int64), 1)  # 1-based rank among distinct draws
+    first = (~dup) & (rank <= 3)
+    pos = torch.where(first, rank - 1, torch.full_like(rank, 3))
+    out = torch.zeros((n_hyp, 4), dtype=s.dtype, device=device).scatter_(1, pos, s)[:, :3]
+    return out, rank[:, -1] >= 3
+
+
+def score_poses(
+    R: torch.Tensor,
+    t: torch.Tensor,
+    xyz: torch.Tensor,
+    maps: InfoMaps,
+    camera: Camera,
+    index: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Total NRE ``[H]`` of poses ``R [H, 3, 3]``, ``t [H, 3]`` over points ``xyz [M, 3]``.
+
+    ``camera`` is the cell camera of the maps' stride; ``index [M]`` selects the maps of the points
+    (default: ``M`` = all maps in order).
+    """
+    Rf, tf = R.to(torch.float32), t.to(torch.float32)
+    h, m = Rf.shape[0], xyz.shape[0]
+    if camera.model == "PINHOLE":
+        # Fold K into [R | t]: one batched GEMM gives homogeneous cell coordinates.
+        k = torch.zeros((3, 3), dtype=Rf.dtype, device=Rf.device)
+        k[0, 0], k[1, 1], k[2, 2] = camera.fx, camera.fy, 1.0
+        k[0, 2], k[1, 2] = camera.cx, camera.cy
+        P = k @ torch.cat([Rf, tf[:, :, None]], 2)  # [H, 3, 4]
+        uvw = torch.baddbmm(P[:, :, 3:], P[:, :, :3], xyz.t().expand(h, 3, m))  # [H, 3, M]
+        z = uvw[:, 2]
+        valid = z > 1e-6
+        inv = torch.where(valid, 1.0 / z, torch.zeros_like(z))
+        cells = (uvw[:, :2] * inv[:, None]).transpose(1, 2)  # [H, M, 2]
+    else:
+        Xc = (Rf.reshape(-1, 3) @ xyz.t()).view(h, 3, m) + tf[:, :, None]  # one GEMM
+        cells, valid = camera.project(Xc.transpose(1, 2))
+    return nre_cost(maps, cells, valid, index).sum(-1)
+
+
+def msac_p3p(
+    coarse: CoarseMaps,
+    info: InfoMaps,
+    xyz: torch.Tensor,
+    camera: Camera,
+    config: SolverConfig,
+    n_alive: torch.Tensor,
+    n_hypotheses: int | None = None,
+    cells: torch.Tensor | None = None,
+    compact: bool | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Best pose ``T_cam_world [4, 4]`` (f64) and its NRE summed over all ``N`` maps (0-d f64).
+
+    ``xyz [N, 3]`` float32; ``camera`` is the query camera (pixels). ``n_alive`` (0-d int64 tensor): the first ``n_alive`` points are real,
+    the rest padding (never sampled, constant cost), so one fixed-shape computation serves every
+    point count of a padding bucket and gives the same triplets and scores as the unpadded one.
+    ``cells [N, 2]`` overrides the correspondences (default: sub-cell refined coarse argmax).
+    ``compact`` (default: on the CPU) drops invalid P3P solutions before scoring (a host sync).
+    """
+    dev = xyz.device
+    n = int(xyz.shape[0])
+    n_hyp = config.msac_hypotheses if n_hypotheses is None else n_hypotheses
+    if cells is None:
+        cells = argmax_cells(coarse, refine=True)
+    # 8 Newton steps: far below a coarse cell's error, and few kernels in the captured graph.
+    bear = camera.bearings(cell_to_pixel(cells.to(torch.float64), coarse.stride), iterations=8)
+    ccam = camera.cell_camera(info.stride)
+
+    frac, kmin = config.msac_candidate_fraction, config.msac_min_candidates
+    k_max = min(n, max(kmin, math.ceil(frac * n)))
+    k_use = torch.minimum(
+        n_alive, torch.ceil(n_alive.to(torch.float64) * frac).long().clamp_min(kmin)
+    )
+    ent = coarse.entropy
+    cand = torch.topk(-ent, k_max).indices  # lowest entropy first; padding has +inf
+    rank = torch.arange(k_max, device=dev)
+    weight = (coarse.log_omega - ent[cand]).clamp_min(1e-3)
+    weight = torch.where(rank < k_use, weight, torch.zeros_like(weight))
+    trip, tok = _sample_triplets(weight, n_hyp, config.seed, dev)
+    trip = cand[trip]  # [B, 3] distinct points
+    R, t, ok = p3p(bear[trip], xyz[trip].to(torch.float64))
+    ok = ok & tok[:, None]
+    R, t, ok = R.reshape(-1, 3, 3), t.reshape(-1, 3), ok.reshape(-1)
+    if compact if compact is not None else dev.type == "cpu":  # a sync: only where it is free
+        keep = torch.nonzero(ok)[:, 0]
+        if keep.numel() == 0:
+            keep = torch.zeros(1, dtype=torch.long)
+        R, t, ok = R[keep], t[keep], ok[keep]
+
+    m = config.msac_score_points
+    m = n if m <= 0 else min(m, n)
+    pkey = hash_uniform((n,), config.seed, 2, dev, torch.float32)
+    pkey = torch.where(torch.arange(n, device=dev) < n_alive, pkey, torch.full_like(pkey, 2.0))
+    sub = torch.argsort(pkey)[:m]
+    xs = xyz[sub]
+    scores = []
+    chunk = max(1, config.msac_hypothesis_chunk)
+    if dev.type == "cpu":  # keep temporaries small: fresh large CPU buffers cost page faults
+        chunk = min(chunk, max(1, (1 << 18) // max(1, m)))
+    for s in range(0, R.shape[0], chunk):
+        scores.append(score_poses(R[s : s + chunk], t[s : s + chunk], xs, info, ccam, sub))
+    score = torch.cat(scores).to(torch.float64)
+    score = torch.where(ok, score, torch.full_like(score, math.inf))
+    top = torch.topk(-score, min(config.msac_refine_top, score.shape[0])).indices
+    full = score_poses(R[top], t[top], xyz, info, ccam).to(torch.float64)
+    full = torch.where(ok[top], full, torch.full_like(full, math.inf))
+    best = top.gather(0, torch.argmin(full).view(1))  # [1], no host sync
+    best_cost = full.min()
+    Rb = quat_wxyz_to_matrix(matrix_to_quat_wxyz(R.index_select(0, best)[0]), check=False)
+    return make_pose(Rb, t.index_select(0, best)[0]), best_cost  # Rb re-orthonormalised

@@ -1,0 +1,185 @@
+"""Engine inputs, configuration and outputs (the contract of docs/architecture.md)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, fields
+
+import torch
+
+from nre_localization.errors import ConfigError, InputError
+
+__all__ = ["MapPoints", "PoseResult", "QueryFeatures", "SolverConfig"]
+
+
+@dataclass
+class QueryFeatures:
+    """Dense descriptors of one query image.
+
+    ``coarse [Dc, Hc, Wc]`` and ``fine [Df, Hf, Wf]`` (float, same device), with their strides in
+    pixels: cell ``(i, j)`` of a stride-``s`` map is centred on pixel ``((j + .5) s - .5, (i + .5) s - .5)``.
+    """
+
+    coarse: torch.Tensor
+    fine: torch.Tensor
+    coarse_stride: int
+    fine_stride: int
+
+    def validate(self) -> None:
+        """Raise :class:`InputError` on wrong ranks, strides or non-finite values."""
+        if self.coarse.dim() != 3 or self.fine.dim() != 3:
+            raise InputError(
+                f"query features must be [D, H, W]; got coarse {tuple(self.coarse.shape)}, "
+                f"fine {tuple(self.fine.shape)}"
+            )
+        if self.coarse_stride <= 0 or self.fine_stride <= 0:
+            raise InputError(
+                f"strides must be positive, got {self.coarse_stride}, {self.fine_stride}"
+            )
+        if self.coarse.device != self.fine.device:
+            raise InputError("coarse and fine query features are on different devices")
+        # A sum is non-finite iff some element is (short of overflow): one cheap pass each.
+        if not (torch.isfinite(self.coarse.sum()) and torch.isfinite(self.fine.sum())):
+            raise InputError("query features contain NaN or Inf")
+
+
+@dataclass
+class MapPoints:
+    """Candidate map points: ``xyz [N, 3]`` (world frame, metres), ``desc_coarse [N, Dc]``,
+    ``desc_fine [N, Df]`` (sampled where the point is observed in its source image)."""
+
+    xyz: torch.Tensor
+    desc_coarse: torch.Tensor
+    desc_fine: torch.Tensor
+
+    def __len__(self) -> int:
+        return int(self.xyz.shape[0])
+
+    def validate(self, query: QueryFeatures) -> None:
+        """Raise :class:`InputError` on inconsistent shapes, devices or non-finite values."""
+        n = self.xyz.shape[0]
+        if self.xyz.dim() != 2 or self.xyz.shape[1] != 3:
+            raise InputError(f"map points xyz must be [N, 3], got {tuple(self.xyz.shape)}")
+        if self.desc_coarse.shape != (n, query.coarse.shape[0]):
+            raise InputError(
+                f"desc_coarse must be [N, Dc] = [{n}, {query.coarse.shape[0]}], "
+                f"got {tuple(self.desc_coarse.shape)}"
+            )
+        if self.desc_fine.shape != (n, query.fine.shape[0]):
+            raise InputError(
+                f"desc_fine must be [N, Df] = [{n}, {query.fine.shape[0]}], "
+                f"got {tuple(self.desc_fine.shape)}"
+            )
+        if n < 3:
+            raise InputError(f"need at least 3 map points, got {n}")
+        for name in ("xyz", "desc_coarse", "desc_fine"):
+            t = getattr(self, name)
+            if t.device != query.coarse.device:
+                raise InputError(
+                    f"map points {name} on {t.device}, query features on {query.coarse.device}"
+                )
+            if not torch.isfinite(t.sum()):
+                raise InputError(f"map points {name} contain NaN or Inf")
+
+
+@dataclass(frozen=True)
+class SolverConfig:
+    """Solver knobs. Units: map cells unless stated; defaults are scene-independent."""
+
+    # --- loss maps
+    point_chunk: int = 1024  # points per chunk when building maps (bounds memory)
+    half_correlation: bool = True  # fp16 descriptor dot products on CUDA (ignored on CPU)
+    fine_window: int = 17  # fine window side in fine cells (odd recommended, <= 64)
+    # --- MSAC-P3P initialisation
+    msac_hypotheses: int = 1024  # P3P triplets (each gives up to 4 poses)
+    msac_candidate_fraction: float = 0.25  # sample from this fraction of most peaked maps ...
+    msac_min_candidates: int = 24  # ... but at least this many points
+    msac_score_points: int = 256  # points scoring every hypothesis (0: all)
+    msac_refine_top: int = 16  # best hypotheses re-scored with all points
+    msac_hypothesis_chunk: int = 4096  # hypotheses scored per pass (memory bound)
+    seed: int = 0
+    # --- GNC-IRLS (majorise-minimise + Levenberg-Marquardt damping + sigma schedule)
+    coarse_sigmas: tuple[float, ...] = (1.5, 1.0, 0.6)
+    fine_sigmas: tuple[float, ...] = (2.0, 1.0, 0.6)
+    coarse_iterations: int = 10  # total iteration cap (fixed shapes: always this many on CUDA)
+    fine_iterations: int = 10
+    level_iterations: int = 3  # at most this many steps per sigma before moving on
+    convergence_tol: float = 1e-4  # relative cost decrease that ends a sigma level
+    lambda_init: float = 1e-3
+    # --- tracking (prior given)
+    tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable
+    # --- covariance and reliability
+    covariance_mode: str = (
+        "hessian"  # "hessian": exact Hessian of the smoothed cost, PSD-projected;
+    )
+    # "majoriser": the IRLS normal matrix (optimistic)
+    covariance_scale: float = 1.0  # calibration factor (fitted by an evaluation)
+    max_cost_ratio: float = 0.95  # final cost / (N ln|Omega'|) must stay below
+    min_informative: int = 12  # points in non-truncated fine cells
+    max_rotation_std_deg: float = 5.0
+    max_relative_translation_std: float = 0.05  # position std / median point depth
+    # --- runtime
+    cuda_graphs: bool = True  # capture the fixed-shape loops on CUDA (falls back to eager)
+    compile_gnc: bool = False  # torch.compile each GNC iteration (opt-in; needs Inductor/Triton)
+    num_threads: int = 0  # torch CPU threads (0: leave as is)
+    sync_timings: bool = True  # torch.cuda.synchronize at stage boundaries for honest timings
+
+    def __post_init__(self) -> None:
+        def bad(name: str, why: str) -> ConfigError:
+            return ConfigError(f"SolverConfig.{name}={getattr(self, name)!r}: {why}")
+
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, float) and not math.isfinite(v):
+                raise bad(f.name, "must be finite")
+        if not 1 <= self.fine_window <= 64:
+            raise bad("fine_window", "must be in [1, 64]")
+        for name in ("point_chunk", "msac_hypotheses", "msac_hypothesis_chunk", "level_iterations"):
+            if getattr(self, name) < 1:
+                raise bad(name, "must be >= 1")
+        for name in ("coarse_iterations", "fine_iterations", "msac_score_points", "num_threads"):
+            if getattr(self, name) < 0:
+                raise bad(name, "must be >= 0")
+        if self.msac_min_candidates < 3:
+            raise bad("msac_min_candidates", "must be >= 3")
+        if self.msac_refine_top < 1:
+            raise bad("msac_refine_top", "must be >= 1")
+        if not 0 < self.msac_candidate_fraction <= 1:
+            raise bad("msac_candidate_fraction", "must be in (0, 1]")
+        for name in ("coarse_sigmas", "fine_sigmas"):
+            s = getattr(self, name)
+            if len(s) == 0 or any(not (math.isfinite(x) and x > 0) for x in s):
+                raise bad(name, "must be a non-empty tuple of positive numbers")
+            if any(b > a for a, b in zip(s, s[1:], strict=False)):
+                raise bad(name, "must be non-increasing")
+        if self.covariance_mode not in ("hessian", "majoriser"):
+            raise bad("covariance_mode", "must be 'hessian' or 'majoriser'")
+        for name in ("covariance_scale", "lambda_init", "convergence_tol"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
+        if not 0 < self.max_cost_ratio <= 1:
+            raise bad("max_cost_ratio", "must be in (0, 1]")
+
+
+@dataclass
+class PoseResult:
+    """Solver output. Tensors are on the CPU, float64.
+
+    ``T_cam_world [4, 4]`` (world -> camera); ``covariance [6, 6]`` over the left perturbation
+    ``xi = (v, w)`` of ``T_cam_world`` (metres, radians); ``cost`` is the NRE at the final pose on
+    the finest maps used; ``timings`` in seconds per stage; ``path`` is ``"global"`` or
+    ``"tracking"``; ``reasons`` says why ``reliable`` is False.
+    """
+
+    T_cam_world: torch.Tensor
+    covariance: torch.Tensor
+    cost: float
+    n_informative: int
+    n_points: int
+    timings: dict[str, float]
+    reliable: bool
+    path: str
+    cost_ratio: float = 1.0
+    log_omega: float = 0.0
+    method: str = "nre"
+    reasons: list[str] = field(default_factory=list)

@@ -1,0 +1,1 @@
+"""Localisation metrics, result files, plots and query protocols."""

@@ -1,0 +1,1 @@
+"""Map file format, builder, triangulation and retrieval."""

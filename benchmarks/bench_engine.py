@@ -146,6 +146,33 @@ def bench_msac(
     }
 
 
+def cpu_cuda_check(dev: torch.device) -> dict:
+    """Same scene solved on the CPU and on CUDA (fp32 correlation, graphs on and off, global and
+    tracking): the largest pose-matrix difference (the test suite asks for < 1e-4)."""
+    scene = make_planted_scene(CAMERA, 1000, seed=3, noise_px=0.3)
+    cfg = SolverConfig(half_correlation=False)
+    ref = solve(scene.query, scene.points, CAMERA, None, cfg)
+    gscene = make_planted_scene(CAMERA, 1000, seed=3, noise_px=0.3, device=dev)
+    out: dict = {"cpu_rms_fine_cells": _rms(scene, ref.T_cam_world)}
+    for graphs_on in (False, True):
+        gcfg = SolverConfig(half_correlation=False, cuda_graphs=graphs_on)
+        diffs = []
+        for _ in range(2):  # the second call replays captured graphs
+            res = solve(gscene.query, gscene.points, CAMERA, None, gcfg)
+            diffs.append(float((res.T_cam_world - ref.T_cam_world).abs().max()))
+        tr = solve(gscene.query, gscene.points, CAMERA, ref.T_cam_world.to(dev), gcfg)
+        out[f"graphs_{graphs_on}"] = {
+            "global_max_abs_diff": max(diffs),
+            "tracking_path": tr.path,
+            "tracking_max_abs_diff": float((tr.T_cam_world - ref.T_cam_world).abs().max()),
+        }
+    half = solve(gscene.query, gscene.points, CAMERA, None, SolverConfig())
+    out["fp16_rms_fine_cells"] = _rms(scene, half.T_cam_world)
+    ok = all(out[k]["global_max_abs_diff"] < 1e-4 for k in ("graphs_False", "graphs_True"))
+    out["pass"] = ok and out["fp16_rms_fine_cells"] < 0.1
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument(
@@ -171,6 +198,7 @@ def main() -> int:
     ap.add_argument("--no-graphs", action="store_true", help="disable CUDA graphs")
     ap.add_argument("--no-half", action="store_true", help="fp32 correlation on CUDA")
     ap.add_argument("--compile", action="store_true", help="torch.compile the GNC iteration")
+    ap.add_argument("--check", action="store_true", help="CUDA only: CPU-vs-CUDA pose check first")
     args = ap.parse_args()
 
     dev = torch.device(args.device)
@@ -202,6 +230,10 @@ def main() -> int:
         "sizes": {},
         "window_scaling": {},
     }
+    if args.check and dev.type == "cuda":
+        report["cpu_cuda_check"] = cpu_cuda_check(dev)
+        print("cpu/cuda check:", json.dumps(report["cpu_cuda_check"]), flush=True)
+        graphs.clear()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     for n in sizes:
         scene = make_planted_scene(
@@ -223,6 +255,13 @@ def main() -> int:
             entry["peak_gpu_memory_mb"] = torch.cuda.max_memory_allocated(dev) / 2**20
         report["sizes"][str(n)] = entry
         g, t, m = entry["global"], entry["tracking"], entry["msac"]
+        for name in ("global", "tracking"):
+            st = entry[name]["stages"]
+            print(
+                f"N={n:5d} {name:8s} stage p50 ms: "
+                + ", ".join(f"{k} {v['p50_ms']:.2f}" for k, v in st.items()),
+                flush=True,
+            )
         print(
             f"N={n:5d} global p50 {g['stages']['wall']['p50_ms']:8.2f} ms (rms {g['rms_fine_cells_median']:.3f})"
             f" | tracking p50 {t['stages']['wall']['p50_ms']:7.2f} ms"
@@ -255,6 +294,16 @@ def main() -> int:
         )
     if dev.type == "cuda":
         report["cuda_graphs"] = graphs.status()
+        gs = report["cuda_graphs"]
+        print("CUDA graphs captured:", ", ".join(gs["captured_stages"]) or "NONE", flush=True)
+        if gs["failed_stages"]:
+            print("!" * 78)
+            print("CUDA-GRAPH CAPTURE FAILED for:", flush=True)
+            for k, v in gs["failed_stages"].items():
+                print(f"  {k}: {v}", flush=True)
+            print("!" * 78, flush=True)
+        elif not args.no_graphs:
+            print("CUDA graphs: no capture failures", flush=True)
     text = json.dumps(report, indent=1, default=str)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -106,7 +106,11 @@ def feature_map(
         z = np.load(cache)
         feats = [
             ImageFeatures(
-                z[f"xy{i}"], z[f"desc{i}"], z[f"rgb{i}"], z[f"pid{i}"], tuple(z[f"size{i}"])
+                z[f"xy{i}"],
+                z[f"desc{i}"],
+                z[f"rgb{i}"],
+                z[f"pid{i}"],
+                tuple(int(v) for v in z[f"size{i}"]) if f"size{i}" in z else (0, 0),
             )
             for i in range(len(map_scene.images))
         ]
@@ -143,9 +147,14 @@ def feature_map(
 
 
 def nre_map(
-    map_scene: Scene, tracks: Tracks, model: torch.nn.Module, work: Path, device: str
+    map_scene: Scene,
+    tracks: Tracks,
+    model: torch.nn.Module,
+    work: Path,
+    device: str,
+    map_width: int,
 ) -> tuple[NreMap, dict]:
-    path = work / f"map_{model.fingerprint()}.nremap"
+    path = work / f"map_{model.fingerprint()}_w{map_width}.nremap"
     info_path = path.with_suffix(".json")
     if path.is_file() and info_path.is_file():
         return load_map(path, expected_fingerprint=model.fingerprint()), json.loads(
@@ -153,7 +162,9 @@ def nre_map(
         )
     map_scene.points = tracks
     t0 = time.perf_counter()
-    m, stats = builder.build_map(map_scene, model, builder.BuildConfig(device=device))
+    m, stats = builder.build_map(
+        map_scene, model, builder.BuildConfig(device=device, max_image_width=map_width)
+    )
     info = {
         "seconds_descriptors": time.perf_counter() - t0,
         "images_per_minute": stats.images_per_minute,
@@ -234,21 +245,32 @@ def run_scene(
     log(
         f"{name}: {len(map_scene.images)} map images, {tracks.n_points} points, triangulation {sec_tri:.1f} s"
     )
-    m, build_info = nre_map(map_scene, tracks, model, work, str(dev))
-    log(
-        f"{name}: descriptors {build_info['images_per_minute']:.0f} images/min on {build_info['device']}"
-    )
-    runner = EngineRunner(m, model, dev)
-    loc = Localizer(
-        m,
-        model,
-        LocalizerConfig(
-            retrieval_top_k=args.top_k,
-            max_map_points=args.max_points,
-            max_image_width=args.max_width,
-        ),
-        dev,
-    )
+    uses_net = any(k in args.methods for k in ("nre", "nre_oracle", "re_oracle", "pnp_oracle"))
+    if uses_net:
+        m, build_info = nre_map(map_scene, tracks, model, work, str(dev), args.map_width)
+        log(
+            f"{name}: descriptors {build_info['images_per_minute']:.0f} images/min on {build_info['device']}"
+        )
+        runner = EngineRunner(m, model, dev)
+        loc = Localizer(
+            m,
+            model,
+            LocalizerConfig(
+                retrieval_top_k=args.top_k,
+                max_map_points=args.max_points,
+                max_image_width=args.max_width,
+            ),
+            dev,
+        )
+    else:  # geometry only: the oracle needs just points and observations
+        m = NreMap(
+            cameras=dict(map_scene.cameras),
+            keyframe_names=map_scene.names(),
+            keyframe_T_cam_world=np.stack([im.T_cam_world for im in map_scene.images]),
+            keyframe_camera_ids=np.array([im.camera_id for im in map_scene.images], dtype=np.int32),
+            points=tracks,
+        )
+        build_info = {"images_per_minute": 0.0, "device": "-"}
     by_name = {im.name: im for im in scene.images}
     out: dict = {
         "scene": name,
@@ -294,11 +316,17 @@ def run_scene(
                     t_net = time.perf_counter() - t0
                     if len(idx) >= 4:
                         r = runner.solve(meth, feats_q, scam, idx)
+                        T_raw = np.asarray(r.T_cam_world.detach().cpu().numpy(), dtype=np.float64)
                         if bool(r.reliable):
-                            T = np.asarray(r.T_cam_world.detach().cpu().numpy(), dtype=np.float64)
+                            T = T_raw
+                        # errors of the returned pose even when declined (to tune reliability)
+                        te_raw, re_raw = metrics.pose_errors(T_raw, T_gt)
                         extra = {
                             "n_informative": int(r.n_informative),
+                            "cost_ratio": float(getattr(r, "cost_ratio", float("nan"))),
                             "reasons": list(getattr(r, "reasons", [])),
+                            "t_err_raw": float(te_raw),
+                            "r_err_raw": float(re_raw),
                         }
                     extra["network_s"] = t_net
                 elif meth == "sift_oracle":
@@ -465,7 +493,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--max-points", type=int, default=4000)
-    p.add_argument("--max-width", type=int, default=640)
+    p.add_argument("--max-width", type=int, default=640, help="query width for the network")
+    p.add_argument(
+        "--map-width", type=int, default=640, help="keyframe width for map descriptors (0: native)"
+    )
     p.add_argument("--max-features", type=int, default=4000)
     p.add_argument("--json", type=Path, default=ROOT / "build" / "nre_eval" / "localization.json")
     p.add_argument("--md", type=Path, default=ROOT / "build" / "nre_eval" / "localization.md")

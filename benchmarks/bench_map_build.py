@@ -22,8 +22,14 @@ sys.path.insert(0, str(ROOT))
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--source", type=Path, default=ROOT / ".." / "shared" / "data" / "strecha" / "Herz-Jesus-P25")
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--source",
+        type=Path,
+        default=ROOT / ".." / "shared" / "data" / "strecha" / "Herz-Jesus-P25",
+    )
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--weights", type=Path)
@@ -63,7 +69,9 @@ def main(argv: list[str] | None = None) -> int:
         "points_s": round(stats.timings.get("points", 0.0), 2),
         "descriptors_s": round(stats.timings.get("descriptors", 0.0), 2),
         "descriptor_images_per_minute": round(stats.images_per_minute or 0.0, 1),
-        "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu ({args.threads} threads)",
+        "device": torch.cuda.get_device_name(dev)
+        if dev.type == "cuda"
+        else f"cpu ({args.threads} threads)",
     }
     print(json.dumps(out))
     return 0

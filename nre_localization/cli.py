@@ -169,6 +169,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="K",
         help="triangulation: covisible images matched per image (default 6)",
     )
+    b.add_argument(
+        "--max-image-width",
+        type=int,
+        default=640,
+        metavar="PX",
+        help="describe keyframes at most this wide, as localize sees queries (0: native; default 640)",
+    )
     b.add_argument("--quiet", action="store_true", help="no progress bars")
 
     # localize ------------------------------------------------------------------------------
@@ -180,8 +187,8 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="QUERIES: hloc queries_with_intrinsics, one line per image:\n"
         "  NAME MODEL WIDTH HEIGHT PARAMS...   (COLMAP camera models and pixel convention)\n"
-        "PRED: 'NAME qw qx qy qz tx ty tz' (world->camera); declined queries in PRED.declined,\n"
-        "never given a fallback pose.",
+        "PRED: 'NAME qw qx qy qz tx ty tz' (world->camera); declined queries in PRED.declined\n"
+        "(one NAME per line, '  # reason' after it), never given a fallback pose.",
     )
     lo.add_argument(
         "--map",
@@ -384,7 +391,7 @@ def _load_model(weights: Path | None, device: str):  # noqa: ANN202
 
 
 def cmd_build_map(args: argparse.Namespace) -> int:
-    from nre_localization.maps.builder import BuildConfig, build_map, load_scene
+    from nre_localization.maps.builder import BuildConfig, build_map, load_scene, pick_device
     from nre_localization.maps.format import save_map
     from nre_localization.maps.triangulation import TriangulationConfig
 
@@ -406,11 +413,13 @@ def cmd_build_map(args: argparse.Namespace) -> int:
     model = None
     if not args.no_descriptors:
         model, _ = _load_model(args.weights, args.device)
+    match_device = pick_device(args.device) if model is not None else "cpu"
     cfg = BuildConfig(
         triangulation=TriangulationConfig(
-            max_features=args.max_features, neighbours=args.neighbours
+            max_features=args.max_features, neighbours=args.neighbours, device=match_device
         ),
         device=args.device,
+        max_image_width=args.max_image_width,
     )
     m, stats = build_map(scene, model, cfg, progress=_progress(args))
     save_map(m, args.out)
@@ -478,7 +487,7 @@ def cmd_localize(args: argparse.Namespace) -> int:
             q, t = qt_from_pose(res.T_cam_world)
             lines.append(name + " " + " ".join(f"{v:.10f}" for v in (*q, *t)))
         else:
-            declined.append(f"{name} {res.reason}".rstrip())
+            declined.append(f"{name}  # {res.reason}" if res.reason else name)
     _atomic_text(args.out, "".join(s + "\n" for s in lines))
     _atomic_text(Path(str(args.out) + ".declined"), "".join(s + "\n" for s in declined))
     if args.timings:

@@ -277,7 +277,7 @@ class Localizer:
         timings["network"] = t1 - t0
 
         idx = torch.zeros(0, dtype=torch.int64)
-        if mode == "tracking":
+        if mode == "tracking" and prior_T is not None:
             idx = self._visible_points(cam, prior_T)
             if idx.numel() < max(4, self.config.min_points):
                 mode, prior_T = "global", None
@@ -401,8 +401,8 @@ class Localizer:
         query = QueryFeatures(
             coarse=feats["coarse"][0],
             fine=feats["fine"][0],
-            coarse_stride=int(self.model.coarse_stride),
-            fine_stride=int(self.model.fine_stride),
+            coarse_stride=int(self.model.coarse_stride),  # type: ignore[arg-type]
+            fine_stride=int(self.model.fine_stride),  # type: ignore[arg-type]
         )
         idx_dev = idx.to(self.device)
         points = MapPoints(

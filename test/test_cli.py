@@ -201,6 +201,15 @@ def test_build_map_export_colmap_and_exclude(
     assert code == 0, err
     back = colmap.read_model(tmp_path / "model")
     assert len(back.images) == 5 and len(back.points) == m.n_points
+    # a COLMAP model WITH points3D: the builder uses its points and tracks as they are
+    args = ["build-map", tmp_path / "model", "--images", STAIRS, "--out", tmp_path / "c.nremap"]
+    code, out, err = run(capsys, *args, "--no-descriptors", "--quiet")
+    assert code == 0, err
+    assert "(model points3D)" in out
+    m2 = load_map(tmp_path / "c.nremap")
+    assert m2.keyframe_names == m.keyframe_names
+    assert np.allclose(m2.points.xyz, m.points.xyz) and np.allclose(m2.points.xy, m.points.xy, atol=1e-4)
+    assert np.array_equal(m2.points.track_lengths(), m.points.track_lengths())
 
 
 @needs_stairs

@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCENE = ROOT / ".." / "shared" / "data" / "strecha" / "Herz-Jesus-P8"
 WEIGHTS = ROOT / "weights" / "nre_default.safetensors"
 pytestmark = [
+    pytest.mark.slow,
     pytest.mark.skipif(not SCENE.is_dir(), reason="../shared/data/strecha not present"),
     pytest.mark.skipif(not WEIGHTS.is_file(), reason="shipped weights not present"),
 ]
@@ -37,7 +38,9 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return d
 
 
-def test_localize_a_smaller_query_camera_and_evaluate(built: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_localize_a_smaller_query_camera_and_evaluate(
+    built: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     model = colmap.read_model(SCENE / "sparse")
     im = next(i for i in model.images.values() if i.name == "0003.jpg")
     cam = model.cameras[im.camera_id]
@@ -45,7 +48,9 @@ def test_localize_a_smaller_query_camera_and_evaluate(built: Path, capsys: pytes
     small = cv2.resize(img, (576, 384), interpolation=cv2.INTER_AREA)  # a different camera
     (built / "q").mkdir(exist_ok=True)
     cv2.imwrite(str(built / "q" / "0003.png"), small)
-    colmap.write_queries_with_intrinsics(built / "queries.txt", [("0003.png", cam.scaled(576, 384))])
+    colmap.write_queries_with_intrinsics(
+        built / "queries.txt", [("0003.png", cam.scaled(576, 384))]
+    )
     code = cli.main(
         ["localize", "--map", str(built / "m.nremap"), "--images", str(built / "q"), "--queries",
          str(built / "queries.txt"), "--out", str(built / "pred.txt"), "--device", "cpu", "--quiet"]

@@ -162,3 +162,14 @@ def test_undistort_to_pinhole_moves_points_like_the_model() -> None:
     uv_pin, _ = pin.project(X)
     assert abs(xs.mean() - uv_pin[0, 0]) < 1.5 and abs(ys.mean() - uv_pin[0, 1]) < 1.5
     assert np.hypot(*(uv_pin[0] - uv[0])) > 3  # the spot really moved
+
+
+@needs_tum
+def test_flat_yaml_fallback_matches_pyyaml() -> None:
+    text = (TUM / "camera.yaml").read_text()
+    flat = tum._flat_yaml(TUM / "camera.yaml", text)
+    import yaml
+
+    ref = yaml.safe_load(text)
+    assert float(flat["fx"]) == ref["fx"] and flat["D"] == ref["D"]
+    assert flat["distortion_model"] == ref["distortion_model"]

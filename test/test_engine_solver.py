@@ -252,7 +252,7 @@ def test_cuda_path_stages_never_synchronise() -> None:
     ci = lm.coarse_info_maps(cm, 9, alive)
     T, _ = msac_p3p(cm, ci, p.xyz, FISHEYE, cfg, meta(torch.tensor(60)))
     for solver in ("cholesky", "gauss_jordan"):
-        prob = G.GncProblem(p.xyz, ci, FISHEYE.cell_camera(16), meta(torch.tensor([1.5, 1.0])), 4)
+        prob = G.GncProblem(p.xyz, ci, FISHEYE.cell_camera(16), (1.5, 1.0), 4)
         G.gnc_iterate(prob, G.gnc_start(T, 1e-3), 3, 4, 1e-4, 1e-3, linear_solver=solver)
     fm = lm.build_fine_maps(q, p, cm, meta(torch.zeros(64, 2)), alive, 11, cfg, alive)
     assert fm.data.device.type == "meta"

@@ -174,3 +174,37 @@ def test_colmap_missing_image_and_size_mismatch(tmp_path: Path) -> None:
         InputError, match=r"0000.jpg: image is 1152x700 but its camera says 1152x768"
     ):
         builder.build_map(scene, None)
+
+
+@needs_stairs
+def test_descriptors_of_resized_keyframes_follow_the_pixel_convention() -> None:
+    """Keyframes described at half width: a point's descriptor is the sample of the half-size
+    image's maps at (x + 0.5) / 2 - 0.5."""
+    import cv2
+
+    from nre_localization.geometry.cells import bilinear_sample, pixel_to_cell
+    from nre_localization.model.network import DescriptorNet, ModelConfig
+
+    torch.manual_seed(1)
+    net = DescriptorNet(ModelConfig(coarse_dim=32, fine_dim=16, fine_widths=(8, 16, 32, 64))).eval()
+    scene = builder.load_scene(STAIRS, split="train")
+    scene.images = scene.images[:2]
+    cfg = builder.BuildConfig(descriptor_dtype="float32", device="cpu", max_image_width=320)
+    m, _ = builder.build_map(scene, net, cfg)
+    assert m.model["max_image_width"] == 320
+    p = int(np.flatnonzero(m.points.track_lengths() == 1)[0])
+    o = int(m.points.offsets[p])
+    k, xy = int(m.points.image_index[o]), m.points.xy[o]
+    small = cv2.resize(scene.images[k].load_rgb(), (320, 240), interpolation=cv2.INTER_AREA)
+    with torch.inference_mode():
+        out = net(builder.image_to_tensor(small))
+    half = (xy + 0.5) * 0.5 - 0.5
+    cell = pixel_to_cell(torch.from_numpy(np.asarray([half], dtype=np.float32)), net.fine_stride)
+    ref = bilinear_sample(out["fine"][0], cell)[0].numpy()
+    assert np.allclose(m.desc_fine[p], ref, atol=1e-4)
+    # and not the sample at the unscaled position
+    cell_bad = pixel_to_cell(
+        torch.from_numpy(np.asarray([xy * 0.5], dtype=np.float32)), net.fine_stride
+    )
+    bad = bilinear_sample(out["fine"][0], cell_bad)[0].numpy()
+    assert not np.allclose(m.desc_fine[p], bad, atol=1e-4) or np.allclose(ref, bad, atol=1e-4)

@@ -566,3 +566,58 @@ def test_soak_2000_frames_no_memory_growth(rig: tuple[Rig, Any]) -> None:
     growth = rss[1] - rss[0]
     assert growth < 40.0, f"RSS grew {growth:.1f} MB over 1500 frames ({rss})"
     assert r.d("frames_dropped") > 0  # newest-only: a slow worker drops, never queues
+
+
+def test_autostart_false_waits_for_a_lifecycle_manager(
+    demo_map: Path, ros_env: dict[str, str], ros_children: Any
+) -> None:
+    """Under a Nav2 lifecycle manager: unconfigured at start, then configure -> activate ->
+    deactivate -> cleanup -> configure again (entities destroyed and re-created) by service."""
+    import rclpy
+    from lifecycle_msgs.msg import Transition
+    from lifecycle_msgs.srv import ChangeState, GetState
+
+    node = ros_children.start_module(
+        "nre_localization.ros.node", "--ros-args",
+        "--params-file", str(ROOT / "config" / "nre_localization.yaml"),
+        "-p", f"map_path:={demo_map}", "-p", "device:=cpu", "-p", "autostart:=false",
+        "-r", "__node:=nre_managed",
+        name="managed",
+    )  # fmt: skip
+    from rclpy.executors import SingleThreadedExecutor
+
+    # Own context: the module's rig may hold the default one (on another domain).
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx)
+    probe = rclpy.create_node("lifecycle_probe", context=ctx)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(probe)
+    change = probe.create_client(ChangeState, "/nre_managed/change_state")
+    get = probe.create_client(GetState, "/nre_managed/get_state")
+
+    def call(cli: Any, req: Any) -> Any:
+        fut = cli.call_async(req)
+        ex.spin_until_future_complete(fut, timeout_sec=120.0)
+        assert fut.done(), f"no lifecycle response\n{node.output()[-2000:]}"
+        return fut.result()
+
+    try:
+        assert get.wait_for_service(timeout_sec=60.0), node.output()
+        assert call(get, GetState.Request()).current_state.label == "unconfigured"
+        for tid, label in (
+            (Transition.TRANSITION_CONFIGURE, "inactive"),
+            (Transition.TRANSITION_ACTIVATE, "active"),
+            (Transition.TRANSITION_DEACTIVATE, "inactive"),
+            (Transition.TRANSITION_CLEANUP, "unconfigured"),
+            (Transition.TRANSITION_CONFIGURE, "inactive"),
+        ):
+            req = ChangeState.Request()
+            req.transition.id = tid
+            assert call(change, req).success, node.output()[-2000:]
+            assert call(get, GetState.Request()).current_state.label == label
+        assert node.running()
+    finally:
+        ex.shutdown()
+        probe.destroy_node()
+        rclpy.try_shutdown(context=ctx)
+    assert node.stop() == 0, node.output()[-2000:]

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from nre_localization.geometry.cells import bilinear_sample, cells_inside, pixel_to_cell
 from nre_localization.model.network import DescriptorNet, ModelConfig, load_model, save_weights
 from nre_localization.training.loop import TrainConfig, train
 from nre_localization.training.loss import dense_nre_loss, window_nre_loss, window_origins
@@ -144,6 +145,40 @@ def _batch(n_pairs: int = 2) -> list[dict]:
     cfg = PairConfig(height=64, width=96, n_points=96)
     rng = np.random.default_rng(5)
     return [make_pair(photos[i % len(photos)], rng, cfg) for i in range(n_pairs)]
+
+
+def test_batched_step_equals_the_per_point_reference() -> None:
+    """batch_losses (all pairs and both directions at once) == dense/window losses point by point."""
+    torch.manual_seed(0)
+    net = DescriptorNet(SMALL).eval()
+    images, pa, pb, v = pairs_to_tensors(_batch(), torch.device("cpu"))
+    with torch.no_grad():
+        out = net(images)
+    cfg = LossConfig(fine_window=16, fine_max_offset=0)  # deterministic (centred) windows
+    st = batch_losses(out, pa, pb, v, 16, 2, cfg, torch.Generator().manual_seed(0))
+    b = pa.shape[0]
+    for level, stride in (("coarse", 16), ("fine", 2)):
+        total, n, hits = 0.0, 0, 0
+        for i in range(b):
+            for src, dst, sp, dp in (
+                (out[level][i], out[level][b + i], pa[i], pb[i]),
+                (out[level][b + i], out[level][i], pb[i], pa[i]),
+            ):
+                sc, dc = pixel_to_cell(sp[v[i]], stride), pixel_to_cell(dp[v[i]], stride)
+                keep = cells_inside(dc, *dst.shape[1:]) & cells_inside(sc, *src.shape[1:])
+                desc = bilinear_sample(src, sc[keep])
+                if level == "coarse":
+                    ref = dense_nre_loss(desc, dst, dc[keep])
+                else:
+                    gen = torch.Generator().manual_seed(0)
+                    o = window_origins(dc[keep], 16, *dst.shape[1:], 0, gen)
+                    ref = window_nre_loss(desc, dst, dc[keep], o, 16)
+                total += float(ref.loss_sum)
+                n += ref.n
+                hits += ref.n_correct
+        assert st[level].n == n > 0
+        assert st[level].n_correct == hits
+        assert float(st[level].loss_sum) == pytest.approx(total, rel=1e-4)
 
 
 def test_a_few_steps_decrease_the_loss_on_a_fixed_batch() -> None:

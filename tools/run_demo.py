@@ -245,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # ----- report
     log("")
-    log("  frame stamp        state   x [m]    y [m]    z [m]   err [cm]  err [deg]  latency [ms]")
+    log("  frame stamp        result  x [m]    y [m]    z [m]   err [cm]  err [deg]  latency [ms]")
     t_errs, r_errs, lats, centres = [], [], [], []
     for s in stamps:
         key = round(s * 1e9)
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         centres.append(t_map_cam[:3, 3])
         p = t_map_base[:3, 3]
         log(
-            f"  {s:.3f}  tracked  {p[0]:7.3f}  {p[1]:7.3f}  {p[2]:7.3f}  {te * 100:8.1f}  "
+            f"  {s:.3f}  pose     {p[0]:7.3f}  {p[1]:7.3f}  {p[2]:7.3f}  {te * 100:8.1f}  "
             f"{re_:9.2f}  {lat:12.0f}"
         )
     # map -> odom against the simulated odometry's true drift (stamped image + tolerance).

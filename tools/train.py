@@ -54,6 +54,19 @@ def make_init(path: str, alike: str) -> None:
     print(f"wrote {path} (fingerprint {net.fingerprint()})")
 
 
+def _training_metadata(path: str) -> dict[str, str]:
+    """The ``train_*`` metadata of a weights file, plus ``val`` from a summary.json beside it."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        meta = f.metadata() or {}
+    keep = {k: v for k, v in meta.items() if k.startswith("train_")}
+    summary = Path(path).with_name("summary.json")
+    if summary.is_file():
+        keep["val"] = summary.read_text()
+    return keep
+
+
 def main() -> None:
     d = TrainConfig()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
@@ -97,8 +110,9 @@ def main() -> None:
         make_init(a.init, a.alike)
         return
     if a.max_steps == 0 and a.export:
-        net = load_model(a.resume or a.init)
-        save_weights(net, a.export, {"note": f"exported from {a.resume or a.init}"})
+        src = a.resume or a.init
+        net = load_model(src)
+        save_weights(net, a.export, {**_training_metadata(src), "note": f"exported from {src}"})
         print(f"exported {a.export} (fingerprint {net.fingerprint()})")
         return
     cfg = replace(

@@ -181,12 +181,15 @@ def read_camera_yaml(path: Path) -> CameraSpec:
     text = path.read_text(errors="replace")
     if text.lstrip().startswith("%YAML:1") or "!!opencv-matrix" in text:
         return _read_opencv_yaml(path)
-    import yaml
-
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        import yaml
+    except ImportError:  # GPU hosts with only torch / NumPy / OpenCV: flat files still work
+        data = _flat_yaml(path, text)
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise InputError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a YAML mapping of calibration values")
     try:
@@ -212,6 +215,23 @@ def read_camera_yaml(path: Path) -> CameraSpec:
         )
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise InputError(f"{path}: missing or malformed calibration value ({e})") from None
+
+
+def _flat_yaml(path: Path, text: str) -> dict:
+    """``key: value`` / ``key: [a, b]`` lines (the flat calibration form) without PyYAML."""
+    out: dict = {}
+    for ln, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()
+        if not s:
+            continue
+        if ":" not in s:
+            raise InputError(f"{path}:{ln}: expected 'key: value'")
+        k, v = (x.strip() for x in s.split(":", 1))
+        if v.startswith("[") and v.endswith("]"):
+            out[k] = [float(x) for x in v[1:-1].split(",") if x.strip()]
+        else:
+            out[k] = v
+    return out
 
 
 def _read_opencv_yaml(path: Path) -> CameraSpec:

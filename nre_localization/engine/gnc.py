@@ -1,4 +1,4 @@
-"""GNC-IRLS pose refinement on information maps (eq. 9), with fixed tensor shapes.
+"""GNC-IRLS pose refinement on information maps (eq. 9): a fixed schedule of fused iterations.
 
 Smoothed cost at scale ``sigma`` (cells):
 ``E_sigma(T) = - sum_n sum_q a_n(q) k(q - p_n(T))`` with the *normalised* Gaussian
@@ -7,12 +7,23 @@ Because ``-k`` is concave in ``|d|^2``, its tangent majorises it (majorise-minim
 iteration solves the weighted least squares
 ``(sum_n W_n J_n^T J_n + lambda D) xi = sum_n J_n^T r_n`` with ``W_n = sum_q a k / sigma^2`` and
 ``r_n = sum_q (a k / sigma^2) (q - p_n)``, ``J_n`` the ``2x6`` cell Jacobian of the reprojection for
-``T <- exp(xi) T`` (float64 normal equations, Levenberg-Marquardt damping ``D = diag``).
-A step is kept when it lowers ``E_sigma``; ``lambda`` halves on success and doubles on failure.
-Graduated non-convexity: ``sigma`` walks down a schedule; a level ends when the relative decrease
-falls below ``tol`` or after ``level_iterations`` steps, and the cost is then *recomputed* at the
-new ``sigma`` (never compared across scales). The loop runs a fixed number of iterations (a frozen
-state after convergence), without host synchronisation, so it can be captured in a CUDA graph.
+a left perturbation ``T <- exp(xi) T`` (float64 normal equations, Levenberg-Marquardt damping
+``D = diag``). The step is applied with the Cayley retraction (a rotation that agrees with
+``exp(xi)`` to first order), and kept when it lowers ``E_sigma``; ``lambda`` halves on success and
+doubles on failure.
+
+Graduated non-convexity on a *static* schedule (known in Python, so a CUDA graph can hold the whole
+loop and every sigma is a baked constant): slot 0 evaluates the start pose at ``sigma_0``; then each
+level runs ``level_iterations`` steps. A level whose relative decrease falls below ``tol`` is
+*converged*: its remaining steps are masked (nothing changes; no early exit on the GPU, the CPU
+skips them). The last step of a level evaluates the candidate at ``sigma_l`` and both the candidate
+and the current pose at ``sigma_{l+1}`` in one batched evaluation, so the next level starts with
+its cost at its own sigma (never compared across scales) without a separate refresh iteration.
+``iterations`` caps the number of slots.
+
+One evaluation is a few dozen kernels whatever ``N``: the projection and its Jacobian come from one
+GEMM on the monomials of ``(x, y, 1, 1/z)`` (PINHOLE), the ``K x K`` window sums from two batched
+GEMMs on separable Gaussian factors, and ``A``, ``b`` and the cost from one float64 GEMM.
 
 The window of cells read around each reprojection has radius ``ceil(2.5 sigma_max)``; maps are
 zero-padded (``pad >= 2 radius + 1``) so no bounds checks are needed.
@@ -21,16 +32,30 @@ zero-padded (``pad >= 2 radius + 1``) so no bounds checks are needed.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
 
 import torch
+import torch.nn.functional as F
 
+from nre_localization.engine.consts import const
 from nre_localization.engine.loss_maps import InfoMaps
 from nre_localization.geometry.cameras import Camera
 
-__all__ = ["GncProblem", "GncState", "evaluate", "gnc_iterate", "gnc_radius", "gnc_start"]
+__all__ = [
+    "GncProblem",
+    "GncState",
+    "evaluate",
+    "gnc_iterate",
+    "gnc_radius",
+    "gnc_schedule",
+    "gnc_start",
+]
 
 _FAR = -1.0e6  # window coordinate given to invalid reprojections (lands in the zero padding)
+_Z_MIN = 1e-6  # metres: points closer to the camera plane are invalid (as geometry.cameras)
+_F32, _F64 = torch.float32, torch.float64
 
 
 def gnc_radius(sigmas: tuple[float, ...]) -> int:
@@ -38,27 +63,46 @@ def gnc_radius(sigmas: tuple[float, ...]) -> int:
     return max(1, math.ceil(2.5 * max(sigmas)))
 
 
+def gnc_schedule(n_levels: int, level_iterations: int) -> list[tuple[str, int]]:
+    """The full slot schedule ``[(kind, level)]``: ``("init", 0)``, then ``level_iterations``
+    slots per level, the last of each level but the final one of kind ``"end"``."""
+    slots = [("init", 0)]
+    for lvl in range(n_levels):
+        for i in range(level_iterations):
+            last = i == level_iterations - 1 and lvl < n_levels - 1
+            slots.append(("end" if last else "step", lvl))
+    return slots
+
+
 @dataclass
 class GncProblem:
     """Static inputs: ``xyz [N, 3]`` float32 world points, information maps, the *cell* camera
-    (:meth:`Camera.cell_camera` at the maps' stride: it projects to cell coordinates), schedule."""
+    (:meth:`Camera.cell_camera` at the maps' stride: it projects to cell coordinates), the sigma
+    schedule (cells; a tuple, or a CPU tensor read once here) and the window radius."""
 
     xyz: torch.Tensor
     maps: InfoMaps
     camera: Camera
-    sigmas: torch.Tensor  # [L] float32
+    sigmas: tuple[float, ...] | torch.Tensor
     radius: int
+    levels: tuple[float, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         if self.maps.pad < 2 * self.radius + 1:
             raise ValueError("information maps need pad >= 2 * radius + 1")
+        s = self.sigmas
+        vals = s.detach().cpu().tolist() if isinstance(s, torch.Tensor) else list(s)
+        self.levels = tuple(float(v) for v in vals)
+        if not self.levels:
+            raise ValueError("need at least one sigma level")
 
 
 @dataclass
 class EvalTerms:
     """Terms of one evaluation: ``cost`` (scalar f64), normal matrix ``A [6, 6]`` and vector
-    ``b [6]`` (f64); per point ``W [N]``, ``J [N, 2, 6]`` (f32, cells) and, on request, the exact
-    per-point Hessian ``Hp [N, 2, 2]`` of the smoothed cost w.r.t. the reprojection."""
+    ``b [6]`` (f64); per point ``W [N]``, ``J [N, 2, 6]`` (f32, cells; zero for invalid points) and,
+    on request, the exact per-point Hessian ``Hp [N, 2, 2]`` of the smoothed cost w.r.t. the
+    reprojection."""
 
     cost: torch.Tensor
     A: torch.Tensor
@@ -70,116 +114,210 @@ class EvalTerms:
 
 @dataclass
 class _Consts:
-    """Device constants built once per loop (fill kernels only: fine inside a graph capture)."""
+    """Cached device constants of one problem (see :mod:`nre_localization.engine.consts`)."""
 
-    off: torch.Tensor  # [K] int64 window offsets -r..r
-    lo: torch.Tensor  # [2] float32 clamp bounds of window centres
+    off: torch.Tensor  # [K] f32 window offsets -r..r
+    off2d: torch.Tensor  # [K*K] int64 flat padded-window offsets of the window cells
+    wvec: torch.Tensor  # [2] f32 (1, padded width): flat index of a window centre
+    lo: torch.Tensor  # [2] f32 clamp bounds of window centres
     hi: torch.Tensor
-    f: torch.Tensor | None  # [2] focal (cells), PINHOLE only
-    c: torch.Tensor | None  # [2] principal point (cells), PINHOLE only
-    jmap: torch.Tensor | None  # [8, 12] monomials -> Jacobian entries, PINHOLE only
-    eye3: torch.Tensor  # float64 identities
-    eye6: torch.Tensor
+    cmat: torch.Tensor | None  # [16, 14] monomials of (x, y, 1, 1/z) -> cells, J (PINHOLE)
+    one: torch.Tensor  # f32 0-d 1
+    eye6: torch.Tensor  # f64 [6, 6]
+    eps6: torch.Tensor  # f64 1e-12 I
+    ret_u: torch.Tensor  # [4, 6] f64: xi -> (0, w / 2)
+    e0: torch.Tensor  # [4] f64 (1, 0, 0, 0)
+    ret_c: torch.Tensor  # [17, 16] f64: outer(u, u) -> Cayley numerator of [R | 0; 0 1], norm
+    ret_v: torch.Tensor  # [16, 6] f64: xi -> translation column
+    half: torch.Tensor  # f64 0.5, 2.0: lambda factors
+    two: torch.Tensor
+    true: torch.Tensor  # bool 0-d
+
+
+def _pinhole_cmat(cam: Camera) -> list[list[float]]:
+    """``[16, 14]``: outer products of ``s = (x, y, 1, 1/z)`` (flat ``4 i + j``) -> cells
+    ``(fx x + cx, fy y + cy)`` and the left-perturbation Jacobian rows
+    ``fx [1/z, 0, -x/z, -x y, 1 + x^2, -y]``, ``fy [0, 1/z, -y/z, -(1 + y^2), x y, x]``."""
+    fx, fy, cx, cy = cam.fx, cam.fy, cam.cx, cam.cy
+    m = [[0.0] * 14 for _ in range(16)]
+
+    def o(i: int, j: int) -> int:
+        return 4 * i + j
+
+    m[o(0, 2)][0], m[o(2, 2)][0] = fx, cx
+    m[o(1, 2)][1], m[o(2, 2)][1] = fy, cy
+    jx, jy = 2, 8
+    m[o(2, 3)][jx + 0] = fx
+    m[o(0, 3)][jx + 2] = -fx
+    m[o(0, 1)][jx + 3] = -fx
+    m[o(2, 2)][jx + 4], m[o(0, 0)][jx + 4] = fx, fx
+    m[o(1, 2)][jx + 5] = -fx
+    m[o(2, 3)][jy + 1] = fy
+    m[o(1, 3)][jy + 2] = -fy
+    m[o(2, 2)][jy + 3], m[o(1, 1)][jy + 3] = -fy, -fy
+    m[o(0, 1)][jy + 4] = fy
+    m[o(0, 2)][jy + 5] = fy
+    return m
+
+
+def _cayley_tables() -> tuple[list[list[float]], list[list[float]], list[list[float]]]:
+    """Tables of :func:`_retract`: ``u = (1, h)`` with ``h = w / 2``; the numerator
+    ``(1 - |h|^2) I + 2 h h^T + 2 hat(h)`` of the Cayley rotation, ``M[3, 3] = |u|^2`` and a last row
+    ``|u|^2`` (so that dividing by it gives ``[R | 0; 0 1]``); the translation ``v`` in column 3."""
+    ret_u = [[0.0] * 6 for _ in range(4)]
+    for i in range(3):
+        ret_u[i + 1][3 + i] = 0.5
+    c = [[0.0] * 16 for _ in range(17)]
+
+    def o(a: int, b: int) -> int:
+        return 4 * a + b
+
+    for i in range(3):
+        for j in range(3):
+            row = 4 * i + j
+            c[row][o(i + 1, j + 1)] += 2.0
+            if i == j:
+                c[row][o(0, 0)] += 1.0
+                for m in range(1, 4):
+                    c[row][o(m, m)] -= 1.0
+    # 2 hat(h): (0,1) = -h2, (0,2) = h1, (1,0) = h2, (1,2) = -h0, (2,0) = -h1, (2,1) = h0
+    for (i, j), (m, sgn) in {
+        (0, 1): (2, -1.0), (0, 2): (1, 1.0), (1, 0): (2, 1.0),
+        (1, 2): (0, -1.0), (2, 0): (1, -1.0), (2, 1): (0, 1.0),
+    }.items():  # fmt: skip
+        c[4 * i + j][o(0, m + 1)] += 2.0 * sgn
+    for m in range(4):
+        c[15][o(m, m)] = 1.0
+        c[16][o(m, m)] = 1.0
+    ret_v = [[0.0] * 6 for _ in range(16)]
+    for i in range(3):
+        ret_v[4 * i + 3][i] = 1.0
+    return ret_u, c, ret_v
+
+
+_CAYLEY = _cayley_tables()
 
 
 def _consts(problem: GncProblem) -> _Consts:
     maps = problem.maps
     dev = problem.xyz.device
-    r = problem.radius
-    hwin = int(maps.data.shape[1]) - 2 * maps.pad
-    wwin = int(maps.data.shape[2]) - 2 * maps.pad
-    lo = torch.full((2,), -r - 1.0, device=dev)
-    hi = torch.full((2,), float(wwin + r), device=dev)
-    hi[1] = float(hwin + r)
-    off = torch.arange(-r, r + 1, device=dev)
-    eye3 = torch.eye(3, dtype=torch.float64, device=dev)
-    eye6 = torch.eye(6, dtype=torch.float64, device=dev)
+    r, pad = problem.radius, maps.pad
+    wp = int(maps.data.shape[2])
+    hwin, wwin = maps.window
+    k = 2 * r + 1
+    off2d = [(pad - r + i) * wp + (pad - r + j) for i in range(k) for j in range(k)]
     cam = problem.camera
-    if cam.model != "PINHOLE":
-        return _Consts(off, lo, hi, None, None, None, eye3, eye6)
-    f = torch.full((2,), cam.fx, device=dev)
-    f[1] = cam.fy
-    c = torch.full((2,), cam.cx, device=dev)
-    c[1] = cam.cy
-    # Monomials m = [1/z, x/z, y/z, x y, 1 + x^2, 1 + y^2, x, y] (x, y normalised) -> J rows
-    # J_x = fx [1/z, 0, -x/z, -x y, 1 + x^2, -y],  J_y = fy [0, 1/z, -y/z, -(1 + y^2), x y, x]
-    # for the left perturbation dX = v + w x X.
-    jm = torch.zeros((8, 12), device=dev)
-    fx, fy = cam.fx, cam.fy
-    for (mi, col), val in {
-        (0, 0): fx, (1, 2): -fx, (3, 3): -fx, (4, 4): fx, (7, 5): -fx,
-        (0, 7): fy, (2, 8): -fy, (5, 9): -fy, (3, 10): fy, (6, 11): fy,
-    }.items():  # fmt: skip
-        jm[mi, col] = val
-    return _Consts(off, lo, hi, f, c, jm, eye3, eye6)
-
-
-def _project(
-    problem: GncProblem, T: torch.Tensor, k: _Consts
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Cells ``[N, 2]``, cell Jacobians ``[N, 2, 6]`` and validity ``[N]`` at pose ``T``.
-
-    Invalid points may carry any finite Jacobian: their weights are zero downstream.
-    """
-    P = T[:3].to(torch.float32)
-    Xc = torch.addmm(P[:, 3], problem.xyz, P[:, :3].t())
-    if k.jmap is None or k.c is None or k.f is None:
-        cells, J, valid = problem.camera.project_jacobian(Xc)
-        return cells, J, valid
-    z = Xc[:, 2]
-    valid = z > 1e-6
-    iz = torch.where(valid, z.reciprocal(), 0.0)
-    xy = Xc[:, :2] * iz[:, None]
-    cells = torch.addcmul(k.c, xy, k.f)
-    mono = torch.cat(
-        [iz[:, None], xy * iz[:, None], (xy[:, 0] * xy[:, 1])[:, None], 1.0 + xy * xy, xy], 1
+    cmat = const(_pinhole_cmat(cam), _F32, dev) if cam.model == "PINHOLE" else None
+    eye6 = [[float(i == j) for j in range(6)] for i in range(6)]
+    ret_u, ret_c, ret_v = _CAYLEY
+    return _Consts(
+        off=const([float(i) for i in range(-r, r + 1)], _F32, dev),
+        off2d=const(off2d, torch.int64, dev),
+        wvec=const([1.0, float(wp)], _F32, dev),
+        lo=const([-r - 1.0, -r - 1.0], _F32, dev),
+        hi=const([float(wwin + r), float(hwin + r)], _F32, dev),
+        cmat=cmat,
+        one=const(1.0, _F32, dev),
+        eye6=const(eye6, _F64, dev),
+        eps6=const([[1e-12 * v for v in row] for row in eye6], _F64, dev),
+        ret_u=const(ret_u, _F64, dev),
+        e0=const([1.0, 0.0, 0.0, 0.0], _F64, dev),
+        ret_c=const(ret_c, _F64, dev),
+        ret_v=const(ret_v, _F64, dev),
+        half=const(0.5, _F64, dev),
+        two=const(2.0, _F64, dev),
+        true=const(True, torch.bool, dev),
     )
-    J = (mono @ k.jmap).view(-1, 2, 6)
-    return cells, J, valid
+
+
+@dataclass
+class _Eval:
+    M: torch.Tensor  # [B, 7, 8] f64: A = M[:6, :6], b = M[:6, 6], 2 sum W = M[6, 7] (scaled)
+    cost: torch.Tensor  # [B] f64
+    sums: torch.Tensor  # [B, N, C, C] window sums (unscaled), see _eval
+    J: torch.Tensor  # [B, N, 2, 6] f32
+    valid: torch.Tensor  # [B, N] bool
+
+
+def _eval(
+    problem: GncProblem,
+    k: _Consts,
+    xyz_h: torch.Tensor,
+    T: torch.Tensor,
+    sigmas: tuple[float, ...],
+    hessian: bool = False,
+) -> _Eval:
+    """Evaluate poses ``T [B, 4, 4]`` (f64) at scales ``sigmas`` (``B`` Python floats).
+
+    ``xyz_h [N, 4]`` homogeneous world points. ``sums[b, n, p, q] = sum_ij gy_p(i) a(i, j) gx_q(j)``
+    with ``g_0 = g``, ``g_1 = g d``, ``g_2 = g d^2`` (``d = q - p`` per axis, ``g`` the unnormalised
+    1-D Gaussian): ``W = s sums[0, 0]``, ``r = s (sums[0, 1], sums[1, 0])`` with
+    ``s = 1 / (2 pi sigma^4)``.
+    """
+    maps = problem.maps
+    dev = xyz_h.device
+    n, nb = int(xyz_h.shape[0]), int(T.shape[0])
+    kk = 2 * problem.radius + 1
+    Xh = torch.matmul(xyz_h, T.to(_F32).transpose(1, 2))  # [B, N, 4] = (X, Y, Z, 1)
+    if k.cmat is not None:
+        z = Xh[..., 2]
+        valid = z > _Z_MIN
+        s = Xh / z.clamp_min(_Z_MIN)[..., None]  # (x, y, 1, 1/z)
+        G = torch.matmul((s[..., :, None] * s[..., None, :]).view(nb, n, 16), k.cmat)
+        cells, J = G[..., :2], G[..., 2:].view(nb, n, 2, 6)
+    else:
+        cells, J, valid = problem.camera.project_jacobian(Xh[..., :3])
+    local = torch.where(valid[..., None], cells - maps.origin, _FAR)
+    # Window [c - r, c + r]; far points are clamped to a window lying wholly in the zero padding.
+    cen = torch.clamp(torch.round(local), k.lo, k.hi)
+    d = (cen - local)[..., None] + k.off  # [B, N, 2, K]: q - p
+    cexp = const([[[[-0.5 / (sg * sg)]]] for sg in sigmas], _F32, dev)
+    g = torch.exp(d.square() * cexp)
+    gd = g * d
+    comps = [g, gd, gd * d] if hessian else [g, gd]
+    c = len(comps)
+    V = torch.stack(comps, 3)  # [B, N, 2 axes, C, K]
+    idx = torch.matmul(cen, k.wvec).long()[..., None] + k.off2d  # [B, N, K*K]
+    a = maps.data.view(1, n, -1).expand(nb, n, -1).gather(2, idx)
+    vx = V[:, :, 0].reshape(nb * n, c, kk)
+    vy = V[:, :, 1].reshape(nb * n, c, kk)
+    t1 = torch.bmm(a.view(nb * n, kk, kk), vx.transpose(1, 2))  # [BN, K, C]
+    sums = torch.bmm(vy, t1).view(nb, n, c, c)
+    W = sums[..., 0, 0]
+    res = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1)  # [B, N, 2]
+    Wc = W[..., None, None].expand(nb, n, 2, 1)
+    L = torch.cat([J, k.one.expand(nb, n, 2, 1)], -1).to(_F64).view(nb, 2 * n, 7)
+    R = torch.cat([J * Wc, res[..., None], Wc], -1).to(_F64).view(nb, 2 * n, 8)
+    sm = const([[[1.0 / (2.0 * math.pi * sg**4)]] for sg in sigmas], _F64, dev)
+    M = torch.matmul(L.transpose(1, 2), R) * sm
+    cost = M[:, 6, 7] * const([-0.5 * sg * sg for sg in sigmas], _F64, dev)
+    return _Eval(M=M, cost=cost, sums=sums, J=J, valid=valid)
+
+
+def _homogeneous(xyz: torch.Tensor) -> torch.Tensor:
+    return F.pad(xyz.to(_F32), (0, 1), value=1.0)
 
 
 def evaluate(
     problem: GncProblem,
     T: torch.Tensor,
-    sigma: torch.Tensor,
+    sigma: float | torch.Tensor,
     hessian: bool = False,
     consts: _Consts | None = None,
 ) -> EvalTerms:
-    """Smoothed cost and IRLS normal equations at pose ``T [4, 4]`` (f64) and scale ``sigma`` (0-d)."""
-    k_ = _consts(problem) if consts is None else consts
-    maps = problem.maps
-    n = problem.xyz.shape[0]
-    kk = 2 * problem.radius + 1
-    pad = maps.pad
-    wp = int(maps.data.shape[2])
-
-    cells, J, valid = _project(problem, T, k_)
-    local = torch.where(valid[:, None], cells - maps.origin, _FAR)
-    # Window [c - r, c + r]; far points are clamped to a window lying wholly in the zero padding.
-    centre = torch.clamp(torch.round(local), k_.lo, k_.hi).long()
-    q = (centre + pad)[:, :, None] + k_.off  # [N, 2, K] padded cell indices
-    d = (q - pad).to(local.dtype) - local[:, :, None]  # [N, 2, K]  (q - p)
-    g = torch.exp(d * d * (-0.5 / (sigma * sigma)))
-    idx = q[:, 1, :, None] * wp + q[:, 0, None, :]
-    a = torch.gather(maps.data.view(n, -1), 1, idx.view(n, -1)).view(n, kk, kk)
-    # W_qn = a k / sigma^2 with the normalised kernel k = g_x g_y / (2 pi sigma^2).
-    tw = a * (g[:, 1, :, None] * g[:, 0, None, :]) * (1.0 / (2.0 * math.pi * sigma**4))
-    marg = torch.stack([tw.sum(1), tw.sum(2)], 1)  # [N, 2, K]: x and y marginals
-    W = marg[:, 0].sum(1)
-    res = (marg * d).sum(2)  # [N, 2] = sum_q W_qn (q - p_n)
-    cost = (W.sum() * (-sigma * sigma)).to(torch.float64)
-
-    J64 = J.to(torch.float64)
-    Jf = J64.reshape(-1, 6)
-    A = (J64 * W.to(torch.float64)[:, None, None]).reshape(-1, 6).t() @ Jf
-    b = Jf.t() @ res.to(torch.float64).reshape(-1)
+    """Smoothed cost and IRLS normal equations at pose ``T [4, 4]`` (f64) and scale ``sigma``
+    (a float; a tensor is read on the host)."""
+    k = _consts(problem) if consts is None else consts
+    sg = float(sigma)
+    ev = _eval(problem, k, _homogeneous(problem.xyz), T.to(_F64)[None], (sg,), hessian)
+    scale = 1.0 / (2.0 * math.pi * sg**4)
+    sums = ev.sums[0] * scale
+    W = sums[:, 0, 0]
+    J = ev.J[0] * ev.valid[0].to(_F32)[:, None, None]
     Hp = None
     if hessian:
-        J = J * valid.to(J.dtype)[:, None, None]
-        sxx = (marg[:, 0] * d[:, 0] ** 2).sum(1)
-        syy = (marg[:, 1] * d[:, 1] ** 2).sum(1)
-        sxy = ((tw * d[:, 0, None, :]).sum(2) * d[:, 1]).sum(1)
-        inv_s2 = 1.0 / (sigma * sigma)
+        inv_s2 = 1.0 / (sg * sg)
+        sxx, syy, sxy = sums[:, 0, 2], sums[:, 2, 0], sums[:, 1, 1]
         Hp = torch.stack(
             [
                 torch.stack([W - sxx * inv_s2, -sxy * inv_s2], -1),
@@ -187,10 +325,13 @@ def evaluate(
             ],
             -2,
         )
-    return EvalTerms(cost=cost, A=A, b=b, W=W, J=J, Hp=Hp)
+    M = ev.M[0]
+    return EvalTerms(cost=ev.cost[0], A=M[:6, :6], b=M[:6, 6], W=W, J=J, Hp=Hp)
 
 
-def _solve6(A: torch.Tensor, b: torch.Tensor, method: str = "cholesky") -> torch.Tensor:
+def _solve6(
+    A: torch.Tensor, b: torch.Tensor, method: str = "cholesky", eye6: torch.Tensor | None = None
+) -> torch.Tensor:
     """Solve the SPD (damped) 6x6 system in float64 without host synchronisation.
 
     ``method="cholesky"``: LAPACK/cuSOLVER; ``"gauss_jordan"``: six unrolled elimination steps in
@@ -200,117 +341,66 @@ def _solve6(A: torch.Tensor, b: torch.Tensor, method: str = "cholesky") -> torch
     if method == "cholesky":
         L, _ = torch.linalg.cholesky_ex(A)
         return torch.cholesky_solve(b[:, None], L)[:, 0]
+    eye = torch.eye(6, dtype=A.dtype, device=A.device) if eye6 is None else eye6
     m = torch.cat([A, b[:, None]], 1)  # [6, 7]
-    eye = torch.eye(6, dtype=A.dtype, device=A.device)
     for j in range(6):
         piv = m[j] / m[j, j]  # SPD + damping: no pivoting needed
-        m = m - (m[:, j : j + 1] - eye[:, j : j + 1]) * piv[None, :]
+        m = torch.addcmul(m, m[:, j : j + 1] - eye[:, j : j + 1], piv, value=-1.0)
     return m[:, 6]
 
 
-def _apply_exp(xi: torch.Tensor, T: torch.Tensor, eye3: torch.Tensor) -> torch.Tensor:
-    """``se3_exp(xi) @ T`` for one twist (f64), branch-free.
+def _retract(xi: torch.Tensor, T: torch.Tensor, k: _Consts) -> torch.Tensor:
+    """``C(xi) @ T`` with ``C = [R_cayley(w) | v; 0 1]`` (f64, 6 kernels, branch-free).
 
-    Rodrigues with ``theta = sqrt(|w|^2 + tiny)``: for tiny angles the coefficients lose relative
-    precision but multiply terms of order ``theta^2``, so the result stays exact to rounding.
+    ``R = ((1 - |h|^2) I + 2 h h^T + 2 hat(h)) / (1 + |h|^2)``, ``h = w / 2``: an exact rotation by
+    ``2 atan(|w| / 2)`` about ``w``, equal to ``exp(hat(w))`` to first order.
     """
-    v, w = xi[:3], xi[3:]
-    th2 = w.dot(w)
-    th = torch.sqrt(th2 + 1e-300)
-    sn, cs = torch.sin(th), torch.cos(th)
-    a = sn / th
-    b = (1.0 - cs) / (th2 + 1e-300)
-    c = (th - sn) / (th2 * th + 1e-300)
-    K = torch.linalg.cross(w.expand(3, 3), eye3, dim=-1).t()  # hat(w): column j = w x e_j
-    coef = torch.stack([torch.stack([cs, a, b]), torch.stack([1.0 - c * th2, b, c])])  # [2, 3]
-    basis = torch.stack([eye3, K, torch.outer(w, w)]).view(3, 9)
-    RV = (coef @ basis).view(
-        2, 3, 3
-    )  # R = cos I + a K + b w w^T; V = (1 - c th^2) I + b K + c w w^T
-    top = torch.cat([RV[0], (RV[1] @ v)[:, None]], 1) @ T  # [R_xi | t_xi] @ T
-    return torch.cat([top, T[3:]], 0)
+    u = torch.addmv(k.e0, k.ret_u, xi)  # (1, w / 2)
+    g = torch.mv(k.ret_c, torch.outer(u, u).view(16))
+    C = torch.addmv(g[:16] / g[16], k.ret_v, xi).view(4, 4)
+    return C @ T
 
 
 @dataclass
 class GncState:
-    """Loop state (all tensors, fixed shapes)."""
+    """Loop state: tensors of fixed shapes plus the (Python) position in the static schedule.
 
-    T: torch.Tensor  # [4, 4] f64
-    cost: torch.Tensor  # f64 0-d, at the current sigma
-    A: torch.Tensor
-    b: torch.Tensor
-    lam: torch.Tensor  # f64 0-d
-    level: torch.Tensor  # int64 0-d
-    it_level: torch.Tensor  # int64 0-d
-    refresh: torch.Tensor  # bool 0-d: next iteration re-evaluates T at the (new) sigma
-    done: torch.Tensor  # bool 0-d
-    iterations: torch.Tensor  # int64 0-d: iterations that did work
+    ``T [4, 4]`` f64; ``cost`` (0-d f64) and ``M [7, 8]`` (f64 normal equations, see
+    :func:`_eval`) at the current level's sigma; ``lam`` (0-d f64); ``active`` (0-d bool: the
+    current level has not converged); ``slot``: schedule slots done; ``level``: current level;
+    ``iterations``: slots run (evaluations, including the initial one); ``done``: the whole schedule
+    has run.
+    """
+
+    T: torch.Tensor
+    cost: torch.Tensor
+    M: torch.Tensor
+    lam: torch.Tensor
+    active: torch.Tensor
+    slot: int = 0
+    level: int = 0
+    iterations: int = 0
+    done: bool = False
+
+    @property
+    def A(self) -> torch.Tensor:
+        return self.M[:6, :6]
+
+    @property
+    def b(self) -> torch.Tensor:
+        return self.M[:6, 6]
 
 
 def gnc_start(T: torch.Tensor, lambda_init: float) -> GncState:
-    """Initial state: the first iteration evaluates ``T`` at the first sigma."""
+    """Initial state: the first slot evaluates ``T`` at the first sigma."""
     dev = T.device
-    f64 = torch.float64
     return GncState(
-        T=T.to(f64),
-        cost=torch.zeros((), dtype=f64, device=dev),
-        A=torch.eye(6, dtype=f64, device=dev),
-        b=torch.zeros(6, dtype=f64, device=dev),
-        lam=torch.full((), lambda_init, dtype=f64, device=dev),
-        level=torch.zeros((), dtype=torch.int64, device=dev),
-        it_level=torch.zeros((), dtype=torch.int64, device=dev),
-        refresh=torch.ones((), dtype=torch.bool, device=dev),
-        done=torch.zeros((), dtype=torch.bool, device=dev),
-        iterations=torch.zeros((), dtype=torch.int64, device=dev),
+        T=T.to(_F64),
+        cost=torch.zeros((), dtype=_F64, device=dev),
+        M=torch.zeros((7, 8), dtype=_F64, device=dev),
+        lam=torch.full((), lambda_init, dtype=_F64, device=dev),
+        active=torch.ones((), dtype=torch.bool, device=dev),
     )
-
-
-def _step(
-    problem: GncProblem,
-    consts: _Consts,
-    st: tuple[torch.Tensor, ...],
-    level_iterations: int,
-    tol: float,
-    lambda_init: float,
-    linear_solver: str,
-) -> tuple[torch.Tensor, ...]:
-    """One GNC-IRLS iteration on the state tuple ``(T, cost, A, b, lam, level, it_level, refresh,
-    done, used)`` (see the module docstring)."""
-    T, cost, A, b, lam, level, it_level, refresh, done, used = st
-    n_levels = int(problem.sigmas.shape[0])
-    eye6, eye3 = consts.eye6, consts.eye3
-    sigma = torch.gather(problem.sigmas, 0, level.view(1))[0]  # no host sync
-    damp = A * (1.0 + lam * eye6) + 1e-12 * eye6  # Levenberg-Marquardt: (1 + lambda) diagonal
-    hold = refresh | done
-    xi = _solve6(damp, b, linear_solver) * (~hold).to(torch.float64)
-    Tc = _apply_exp(xi, T, eye3)
-    ev = evaluate(problem, Tc, sigma, consts=consts)
-    accept = (refresh | (ev.cost < cost)) & ~done
-    small = accept & ~refresh & (cost - ev.cost < tol * cost.abs())
-    it_level = torch.where(refresh, 0, it_level + 1)
-    level_end = ~hold & (small | (it_level >= level_iterations))
-    T = torch.where(accept, Tc, T)
-    cost = torch.where(accept, ev.cost, cost)
-    A = torch.where(accept, ev.A, A)
-    b = torch.where(accept, ev.b, b)
-    lam_next = torch.where(accept, lam * 0.5, lam * 2.0).clamp(1e-9, 1e9)
-    lam = torch.where(refresh, lambda_init, torch.where(done, lam, lam_next))
-    used = used + (~done).to(used.dtype)
-    last = level >= n_levels - 1
-    done = done | (level_end & last)
-    refresh = level_end & ~last
-    level = level + refresh.to(level.dtype)
-    return T, cost, A, b, lam, level, it_level, refresh, done, used
-
-
-_COMPILED: dict[str, object] = {}
-
-
-def _compiled_step() -> object:
-    """``torch.compile`` of :func:`_step` (Inductor fuses the per-iteration elementwise work)."""
-    if "step" not in _COMPILED:
-        _COMPILED["step"] = torch.compile(_step, dynamic=False)
-    return _COMPILED["step"]
 
 
 def gnc_iterate(
@@ -324,18 +414,73 @@ def gnc_iterate(
     linear_solver: str = "cholesky",
     compile_step: bool = False,
 ) -> GncState:
-    """Run ``iterations`` GNC-IRLS iterations (see the module docstring).
+    """Run the next ``iterations`` slots of the schedule (see the module docstring).
 
-    ``early_exit`` (CPU only: it synchronises) stops once the state is frozen; results are the
-    same as running all iterations. ``compile_step`` runs each iteration through ``torch.compile``
-    (opt-in: needs a working Inductor backend; compiles once per shape).
+    ``early_exit`` (CPU only: it reads the convergence flag on the host) skips the evaluations of
+    converged levels; results are the same as running every slot. ``compile_step`` runs each
+    evaluation through ``torch.compile`` (opt-in: needs a working Inductor backend).
     """
-    consts = _consts(problem)
-    step = _compiled_step() if compile_step else _step
-    st = (state.T, state.cost, state.A, state.b, state.lam, state.level, state.it_level,
-          state.refresh, state.done, state.iterations)  # fmt: skip
-    for _ in range(iterations):
-        if early_exit and bool(st[8]):
-            break
-        st = step(problem, consts, st, level_iterations, tol, lambda_init, linear_solver)  # type: ignore[operator]
-    return GncState(*st)
+    k = _consts(problem)
+    sig = problem.levels
+    full = gnc_schedule(len(sig), level_iterations)
+    todo = full[state.slot : state.slot + max(0, iterations)]
+    ev_fn = _compiled_eval() if compile_step else _eval
+    xyz_h = _homogeneous(problem.xyz)
+    lam0 = const(float(lambda_init), _F64, problem.xyz.device)
+    T, cost, M, lam, active = state.T.to(_F64), state.cost, state.M, state.lam, state.active
+    level = state.level
+    for kind, lvl in todo:
+        if kind == "init":
+            ev = ev_fn(problem, k, xyz_h, T[None], (sig[0],))
+            M, cost, lam, active, level = ev.M[0], ev.cost[0], lam0, k.true, 0
+            continue
+        if early_exit and not bool(active):
+            if kind == "end":
+                ev = ev_fn(problem, k, xyz_h, T[None], (sig[lvl + 1],))
+                M, cost, lam, active, level = ev.M[0], ev.cost[0], lam0, k.true, lvl + 1
+            continue
+        A = M[:6, :6]
+        damp = torch.addcmul(A, torch.addcmul(k.eps6, A, k.eye6), lam)  # A + lam diag(A)
+        xi = _solve6(damp, M[:6, 6], linear_solver, k.eye6)
+        Tc = _retract(xi, T, k)
+        if kind == "step":
+            ev = ev_fn(problem, k, xyz_h, Tc[None], (sig[lvl],))
+            cnew = ev.cost[0]
+            accept = (cnew < cost) & active
+            small = accept & (cnew > cost * (1.0 + tol))
+            T = torch.where(accept, Tc, T)
+            cost = torch.where(accept, cnew, cost)
+            M = torch.where(accept, ev.M[0], M)
+            fac = torch.where(accept, k.half, k.two)
+            lam = torch.where(active, (lam * fac).clamp(1e-9, 1e9), lam)
+            active = active ^ small
+        else:  # last step of a level: also evaluate at the next sigma (candidate and current)
+            both = torch.stack([Tc, Tc, T])
+            ev = ev_fn(problem, k, xyz_h, both, (sig[lvl], sig[lvl + 1], sig[lvl + 1]))
+            accept = (ev.cost[0] < cost) & active
+            T = torch.where(accept, Tc, T)
+            cost = torch.where(accept, ev.cost[1], ev.cost[2])
+            M = torch.where(accept, ev.M[1], ev.M[2])
+            lam, active, level = lam0, k.true, lvl + 1
+    slot = state.slot + len(todo)
+    return GncState(
+        T=T,
+        cost=cost,
+        M=M,
+        lam=lam,
+        active=active,
+        slot=slot,
+        level=level,
+        iterations=state.iterations + len(todo),
+        done=slot >= len(full),
+    )
+
+
+_COMPILED: dict[str, Callable[..., _Eval]] = {}
+
+
+def _compiled_eval() -> Callable[..., _Eval]:
+    """``torch.compile`` of :func:`_eval` (Inductor fuses the per-evaluation elementwise work)."""
+    if "eval" not in _COMPILED:
+        _COMPILED["eval"] = cast(Callable[..., _Eval], torch.compile(_eval, dynamic=False))
+    return _COMPILED["eval"]

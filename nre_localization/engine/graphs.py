@@ -3,16 +3,27 @@
 A stage is a pure function of tensors (Python constants baked in, all part of the cache ``key``).
 The first call for a key captures it (after a warm-up on a side stream); later calls copy their
 inputs into the captured buffers and replay. Any failure to capture is remembered per key and
-the stage runs eagerly from then on (:func:`status` reports it). Shapes vary per frame only through
-the number of points, which the solver pads to power-of-two buckets, so few graphs exist.
+the stage runs eagerly from then on (:func:`status` reports it, and a warning is printed once per
+key). Shapes vary per frame only through the number of points, which the solver pads to power-of-two
+buckets, so few graphs exist.
+
+All graphs of a device share one memory pool: stages replay one after the other on one stream, and
+every graph's static inputs and outputs stay referenced by its cache entry, so what one capture
+reuses from another is only scratch memory. Peak memory is then the live static buffers plus the
+largest single stage's scratch, not the sum over stages. Constants the stage read from
+:mod:`nre_localization.engine.consts` are kept alive with the graph.
 """
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from nre_localization.engine import consts
 
 __all__ = ["bucket_size", "call", "clear", "failed", "status"]
 
@@ -22,9 +33,11 @@ class _Entry:
     graph: torch.cuda.CUDAGraph
     inputs: tuple[torch.Tensor, ...]
     outputs: tuple[torch.Tensor, ...]
+    keep: tuple[torch.Tensor, ...]  # constants the graph reads
 
 
 _CACHE: dict[Hashable, _Entry] = {}
+_POOLS: dict[int | None, Any] = {}  # torch.cuda.graph_pool_handle() per device
 _FAILED: dict[Hashable, str] = {}
 _REPLAYS: dict[str, int] = {}
 
@@ -42,6 +55,7 @@ def clear() -> None:
     _CACHE.clear()
     _FAILED.clear()
     _REPLAYS.clear()
+    _POOLS.clear()
 
 
 def failed(key: Hashable) -> bool:
@@ -50,11 +64,14 @@ def failed(key: Hashable) -> bool:
 
 
 def status() -> dict[str, object]:
-    """Captured keys, failures (key -> error) and replay counts per stage name."""
+    """Captured keys, failures (key -> error), replay counts per stage name, and the stage names
+    captured / failed (``captured_stages``, ``failed_stages``)."""
     return {
         "captured": [str(k) for k in _CACHE],
         "failed": {str(k): v for k, v in _FAILED.items()},
         "replays": dict(_REPLAYS),
+        "captured_stages": sorted({_name(k) for k in _CACHE}),
+        "failed_stages": {_name(k): v for k, v in _FAILED.items()},
     }
 
 
@@ -81,18 +98,32 @@ def call(
                 for _ in range(warmup):
                     fn(*static_in)
             torch.cuda.current_stream(static_in[0].device).wait_stream(side)
+            dev = static_in[0].device
+            pool = _POOLS.get(dev.index)
+            if pool is None:
+                pool = _POOLS[dev.index] = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            with torch.cuda.graph(graph, pool=pool):
                 static_out = fn(*static_in)
-            entry = _Entry(graph, static_in, tuple(static_out))
+            entry = _Entry(graph, static_in, tuple(static_out), consts.live())
             _CACHE[key] = entry
         except Exception as err:  # noqa: BLE001 - any capture problem means: run eagerly
             _FAILED[key] = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            print(
+                f"nre_localization: CUDA-graph capture of stage {_name(key)!r} failed, running it "
+                f"eagerly: {_FAILED[key]}",
+                file=sys.stderr,
+                flush=True,
+            )
             torch.cuda.synchronize()
             return fn(*inputs)
     for dst, src in zip(entry.inputs, inputs, strict=True):
         dst.copy_(src)
     entry.graph.replay()
-    name = str(key[0]) if isinstance(key, tuple) and key else str(key)
+    name = _name(key)
     _REPLAYS[name] = _REPLAYS.get(name, 0) + 1
     return tuple(o.clone() for o in entry.outputs)
+
+
+def _name(key: Hashable) -> str:
+    return str(key[0]) if isinstance(key, tuple) and key else str(key)

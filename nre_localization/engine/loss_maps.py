@@ -354,7 +354,9 @@ def build_fine_maps(
         o = origin.long()
         table, st = _flat_hwc_scaled(query.fine, dt)
         desc, sd = _scaled(points.desc_fine, dt)
-        scores = _window_scores_gather(table, desc, o, w, hf, wf, config.point_chunk) * (st * sd)
+        # Bounded memory: at most ~2^24 gathered descriptor elements per chunk.
+        chunk = max(1, min(config.point_chunk, (1 << 24) // (w * w * df)))
+        scores = _window_scores_gather(table, desc, o, w, hf, wf, chunk) * (st * sd)
     ar = torch.arange(w, device=dev)
     xs, ys = o[:, 0, None] + ar, o[:, 1, None] + ar
     ok = ((ys >= 0) & (ys < hf))[:, :, None] & ((xs >= 0) & (xs < wf))[:, None, :]

@@ -17,13 +17,14 @@ import math
 
 import torch
 
+from nre_localization.engine.consts import const
 from nre_localization.engine.loss_maps import CoarseMaps, InfoMaps, argmax_cells, nre_cost
 from nre_localization.engine.rng import hash_uniform
 from nre_localization.engine.types import SolverConfig
 from nre_localization.geometry.cameras import Camera
 from nre_localization.geometry.cells import cell_to_pixel
 from nre_localization.geometry.p3p import p3p
-from nre_localization.geometry.se3 import make_pose, matrix_to_quat_wxyz, quat_wxyz_to_matrix
+from nre_localization.geometry.se3 import make_pose
 
 __all__ = ["msac_p3p", "score_poses"]
 
@@ -66,9 +67,11 @@ def score_poses(
     h, m = Rf.shape[0], xyz.shape[0]
     if camera.model == "PINHOLE":
         # Fold K into [R | t]: one batched GEMM gives homogeneous cell coordinates.
-        k = torch.zeros((3, 3), dtype=Rf.dtype, device=Rf.device)
-        k[0, 0], k[1, 1], k[2, 2] = camera.fx, camera.fy, 1.0
-        k[0, 2], k[1, 2] = camera.cx, camera.cy
+        k = const(
+            [[camera.fx, 0.0, camera.cx], [0.0, camera.fy, camera.cy], [0.0, 0.0, 1.0]],
+            Rf.dtype,
+            Rf.device,
+        )
         P = k @ torch.cat([Rf, tf[:, :, None]], 2)  # [H, 3, 4]
         uvw = torch.baddbmm(P[:, :, 3:], P[:, :, :3], xyz.t().expand(h, 3, m))  # [H, 3, M]
         z = uvw[:, 2]
@@ -149,5 +152,7 @@ def msac_p3p(
     full = torch.where(ok[top], full, torch.full_like(full, math.inf))
     best = top.gather(0, torch.argmin(full).view(1))  # [1], no host sync
     best_cost = full.min()
-    Rb = quat_wxyz_to_matrix(matrix_to_quat_wxyz(R.index_select(0, best)[0]), check=False)
-    return make_pose(Rb, t.index_select(0, best)[0]), best_cost  # Rb re-orthonormalised
+    Rb = R.index_select(0, best)[0]
+    for _ in range(2):  # polar Newton steps: re-orthonormalise (P3P keeps R within 1e-6)
+        Rb = torch.addmm(Rb, Rb @ Rb.t(), Rb, beta=1.5, alpha=-0.5)
+    return make_pose(Rb, t.index_select(0, best)[0]), best_cost

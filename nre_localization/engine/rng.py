@@ -48,4 +48,3 @@ def hash_uniform(
     h = _hash32((_hash32(idx ^ key) + key) & _MASK32)
     u = ((h >> 9).to(torch.float64) + 0.5) / float(1 << 23)  # exact in float32, never 0 or 1
     return u.to(dtype).view(shape)
-

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 
 import torch
 
@@ -84,16 +84,49 @@ class Timer:
 def _check_inputs(
     query: QueryFeatures, points: MapPoints, camera: Camera, prior: torch.Tensor | None
 ) -> None:
-    query.validate()
-    points.validate(query)
+    """Shapes and devices on the host; finiteness (and the prior's orthonormality) in one device
+    reduction, so the whole check costs a single host synchronisation."""
+    if query.coarse.dim() != 3 or query.fine.dim() != 3:
+        query.validate()  # raises with the detailed message
     if not isinstance(camera, Camera):
         raise InputError(f"camera must be a geometry.cameras.Camera, got {type(camera).__name__}")
+    n = points.xyz.shape[0]
+    if (
+        points.xyz.dim() != 2
+        or points.xyz.shape[1] != 3
+        or points.desc_coarse.shape != (n, query.coarse.shape[0])
+        or points.desc_fine.shape != (n, query.fine.shape[0])
+        or n < 3
+        or query.coarse_stride <= 0
+        or query.fine_stride <= 0
+    ):
+        points.validate(query)
+        query.validate()
+    dev = query.coarse.device
+    tensors = [query.fine, points.xyz, points.desc_coarse, points.desc_fine]
+    if any(t.device != dev for t in tensors):
+        query.validate()
+        points.validate(query)
+    if prior is not None and prior.shape != (4, 4):
+        raise InputError("prior must be a finite [4, 4] T_cam_world")
+    sums = [t.sum().to(torch.float64) for t in (query.coarse, *tensors)]
+    ortho = None
     if prior is not None:
-        if prior.shape != (4, 4) or not torch.isfinite(prior).all():
+        p = prior.to(device=dev, dtype=torch.float64)
+        r = p[:3, :3]
+        ortho = (r.T @ r - torch.eye(3, dtype=torch.float64, device=dev)).abs().max()
+        sums.append(p.sum())
+    flags = torch.isfinite(torch.stack(sums))
+    if ortho is not None:
+        flags = torch.cat([flags, (ortho <= 1e-3)[None]])
+    if bool(flags.all()):  # the one host sync
+        return
+    query.validate()
+    points.validate(query)
+    if prior is not None:
+        if not bool(flags[len(tensors) + 1]):
             raise InputError("prior must be a finite [4, 4] T_cam_world")
-        r = prior[:3, :3].double().cpu()
-        if (r.T @ r - torch.eye(3, dtype=torch.float64)).abs().max() > 1e-3:
-            raise InputError("prior rotation is not orthonormal")
+        raise InputError("prior rotation is not orthonormal")
 
 
 def _project_cells(
@@ -115,6 +148,48 @@ def _pad_points(points: MapPoints, n: int) -> MapPoints:
     return MapPoints(pad(points.xyz), pad(points.desc_coarse), pad(points.desc_fine))
 
 
+Stage = Callable[..., tuple[torch.Tensor, ...]]
+
+
+def _use_graphs(dev: torch.device, config: SolverConfig) -> bool:
+    """Whether the stages run as CUDA graphs (then points are padded to a bucket size)."""
+    return dev.type == "cuda" and config.cuda_graphs
+
+
+def _run(
+    key: tuple[Hashable, ...],
+    fn: Stage,
+    inputs: tuple[torch.Tensor, ...],
+    config: SolverConfig,
+) -> tuple[torch.Tensor, ...]:
+    """``fn(*inputs)``, through a CUDA graph cached under ``key`` on CUDA when enabled."""
+    dev = inputs[0].device
+    if _use_graphs(dev, config):
+        return graphs.call((*key, dev.index), fn, inputs)
+    return fn(*inputs)
+
+
+def _coarse_stage(
+    query: QueryFeatures, config: SolverConfig
+) -> tuple[Stage, tuple[Hashable, ...], Callable[[tuple[torch.Tensor, ...]], CoarseMaps]]:
+    """Coarse dense maps as a stage ``(coarse [Dc,Hc,Wc], desc [N,Dc], alive [N] | None) ->
+    (logp, entropy, argmax)`` and the function rebuilding :class:`CoarseMaps` from its outputs."""
+    stride = query.coarse_stride
+    hc, wc = int(query.coarse.shape[1]), int(query.coarse.shape[2])
+
+    def run(c: torch.Tensor, desc: torch.Tensor, *alive: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        q = QueryFeatures(c, c, stride, stride)  # only the coarse map is read
+        pts = MapPoints(desc, desc, desc)  # only desc_coarse is read
+        cm = build_coarse_maps(q, pts, config, alive[0] if alive else None)
+        return cm.logp, cm.entropy, cm.argmax
+
+    def wrap(out: tuple[torch.Tensor, ...]) -> CoarseMaps:
+        return CoarseMaps(out[0], out[1], out[2], stride, math.log(hc * wc + 1))
+
+    key = ("coarse_maps", tuple(query.coarse.shape), config.point_chunk, config.half_correlation)
+    return run, key, wrap
+
+
 def _gnc(
     xyz: torch.Tensor,
     maps: InfoMaps,
@@ -125,21 +200,17 @@ def _gnc(
     config: SolverConfig,
     stage: str,
 ) -> torch.Tensor:
-    """The fixed-shape GNC loop (through a CUDA graph when enabled); returns ``T`` (f64)."""
+    """The fixed-schedule GNC loop (one CUDA graph when enabled); returns ``T`` (f64)."""
     radius = gnc_radius(sigmas)
     dev = xyz.device
     meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
 
-    def make_run(linear_solver: str) -> Callable[..., tuple[torch.Tensor]]:
+    def make_run(linear_solver: str) -> Stage:
         def run(
-            x: torch.Tensor,
-            data: torch.Tensor,
-            origin: torch.Tensor,
-            sig: torch.Tensor,
-            T: torch.Tensor,
+            x: torch.Tensor, data: torch.Tensor, origin: torch.Tensor, T: torch.Tensor
         ) -> tuple[torch.Tensor]:
             m = InfoMaps(data, origin, *meta)
-            prob = GncProblem(x, m, camera.cell_camera(maps.stride), sig, radius)
+            prob = GncProblem(x, m, camera.cell_camera(maps.stride), sigmas, radius)
             st = gnc_iterate(
                 prob,
                 gnc_start(T, config.lambda_init),
@@ -147,7 +218,7 @@ def _gnc(
                 config.level_iterations,
                 config.convergence_tol,
                 config.lambda_init,
-                early_exit=dev.type == "cpu",
+                early_exit=x.device.type == "cpu",
                 linear_solver=linear_solver,
                 compile_step=config.compile_gnc,
             )
@@ -155,72 +226,97 @@ def _gnc(
 
         return run
 
-    sig_t = torch.tensor(sigmas, dtype=torch.float32, device=dev)
-    inputs = (xyz, maps.data, maps.origin, sig_t, T0.to(torch.float64))
-    if dev.type == "cuda" and config.cuda_graphs:
-        base = (
-            stage,
-            dev.index,
-            tuple(maps.data.shape),
-            meta,
-            camera,
-            sigmas,
-            iterations,
-            config.level_iterations,
-            config.convergence_tol,
-            config.lambda_init,
-            config.compile_gnc,
-        )
+    inputs = (xyz, maps.data, maps.origin, T0.to(torch.float64))
+    base = (
+        stage,
+        tuple(maps.data.shape),
+        meta,
+        camera,
+        sigmas,
+        iterations,
+        config.level_iterations,
+        config.convergence_tol,
+        config.lambda_init,
+        config.compile_gnc,
+    )
+    if _use_graphs(dev, config):
         # cuSOLVER's Cholesky first; if it cannot be captured, the unrolled solver (plain ops).
-        key = (*base, "cholesky")
-        if graphs.failed(key):
-            key = (*base, "gauss_jordan")
-        return graphs.call(key, make_run(key[-1]), inputs)[0]
+        solver = "cholesky"
+        if graphs.failed((*base, solver, dev.index)):
+            solver = "gauss_jordan"
+        return _run((*base, solver), make_run(solver), inputs, config)[0]
     return make_run("cholesky")(*inputs)[0]
 
 
 def _msac(
     coarse: CoarseMaps,
-    cinfo: InfoMaps,
+    cinfo: InfoMaps | None,
     xyz: torch.Tensor,
     camera: Camera,
     config: SolverConfig,
     n_alive: int,
     stage: str,
+    alive: torch.Tensor | None = None,
+    onehot: bool = False,
 ) -> torch.Tensor:
-    """MSAC-P3P (through a CUDA graph when enabled); returns ``T`` (f64)."""
+    """MSAC-P3P (one CUDA graph when enabled); returns ``T`` (f64). Without ``cinfo`` the stage
+    also builds the coarse information maps (see :func:`_msac_stage`)."""
+    return _msac_stage(coarse, cinfo, xyz, camera, config, n_alive, stage, alive, onehot)[0]
+
+
+def _msac_stage(
+    coarse: CoarseMaps,
+    cinfo: InfoMaps | None,
+    xyz: torch.Tensor,
+    camera: Camera,
+    config: SolverConfig,
+    n_alive: int,
+    stage: str,
+    alive: torch.Tensor | None = None,
+    onehot: bool = False,
+) -> tuple[torch.Tensor, InfoMaps]:
+    """MSAC-P3P on the coarse maps: ``(T [4, 4] f64, coarse information maps)``; the information
+    maps are built inside the stage (same graph) unless ``cinfo`` is given."""
     dev = xyz.device
     cmeta = (coarse.stride, coarse.log_omega)
-    imeta = (cinfo.pad, cinfo.map_height, cinfo.map_width, cinfo.stride, cinfo.log_omega)
+    pad = 2 * gnc_radius(config.coarse_sigmas) + 1
+    hc, wc = coarse.height, coarse.width
+    imeta = (pad, hc, wc, coarse.stride, coarse.log_omega)
 
     def run(
         logp: torch.Tensor,
         ent: torch.Tensor,
         am: torch.Tensor,
-        data: torch.Tensor,
-        origin: torch.Tensor,
         x: torch.Tensor,
-        alive: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n_t: torch.Tensor,
+        *rest: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
         cm = CoarseMaps(logp, ent, am, *cmeta)
-        im = InfoMaps(data, origin, *imeta)
-        return msac_p3p(cm, im, x, camera, config, alive)
+        if cinfo is None:
+            im = coarse_info_maps(cm, pad, alive=rest[0] if rest else None, onehot=onehot)
+        else:
+            im = InfoMaps(rest[0], rest[1], *imeta)
+        T, _ = msac_p3p(cm, im, x, camera, config, n_t)
+        return T, im.data, im.origin
 
     n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
-    inputs = (coarse.logp, coarse.entropy, coarse.argmax, cinfo.data, cinfo.origin, xyz, n_t)
-    if dev.type == "cuda" and config.cuda_graphs:
-        key = (
-            stage,
-            dev.index,
-            tuple(coarse.logp.shape),
-            tuple(cinfo.data.shape),
-            cmeta,
-            imeta,
-            camera,
-            config,
-        )
-        return graphs.call(key, run, inputs)[0]
-    return run(*inputs)[0]
+    inputs: tuple[torch.Tensor, ...] = (coarse.logp, coarse.entropy, coarse.argmax, xyz, n_t)
+    if cinfo is not None:
+        inputs = (*inputs, cinfo.data, cinfo.origin)
+    elif alive is not None:
+        inputs = (*inputs, alive)
+    key = (
+        stage,
+        tuple(coarse.logp.shape),
+        cmeta,
+        camera,
+        config,
+        cinfo is None,
+        alive is None,
+        onehot,
+    )
+    T, data, origin = _run(key, run, inputs, config)
+    return T, InfoMaps(data, origin, *imeta)
 
 
 def _fine_maps(
@@ -233,11 +329,108 @@ def _fine_maps(
     alive: torch.Tensor | None,
     onehot: bool,
 ) -> InfoMaps:
+    """Fine information windows around the reprojections under ``T`` (one CUDA graph when
+    enabled)."""
     rf = gnc_radius(config.fine_sigmas)
-    centres, valid = _project_cells(points.xyz.to(torch.float32), T, camera, query.fine_stride)
-    return build_fine_maps(
-        query, points, coarse, centres, valid, 2 * rf + 1, config, alive=alive, onehot=onehot
+    fs, cs = query.fine_stride, query.coarse_stride
+    df, hf, wf = (int(s) for s in query.fine.shape)
+    cmeta = None if coarse is None else (coarse.stride, coarse.log_omega)
+
+    def run(
+        fine: torch.Tensor,
+        dfine: torch.Tensor,
+        xyz: torch.Tensor,
+        T_: torch.Tensor,
+        *rest: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        q = QueryFeatures(fine, fine, cs, fs)
+        pts = MapPoints(xyz, dfine, dfine)
+        i = 0
+        cm = None
+        if cmeta is not None:
+            cm = CoarseMaps(rest[0], rest[0], rest[0], *cmeta)  # only logp is read
+            i = 1
+        al = rest[i] if len(rest) > i else None
+        centres, valid = _project_cells(xyz.to(torch.float32), T_, camera, fs)
+        m = build_fine_maps(q, pts, cm, centres, valid, 2 * rf + 1, config, alive=al, onehot=onehot)
+        return m.data, m.origin
+
+    inputs: tuple[torch.Tensor, ...] = (query.fine, points.desc_fine, points.xyz, T)
+    if coarse is not None:
+        inputs = (*inputs, coarse.logp)
+    if alive is not None:
+        inputs = (*inputs, alive)
+    key = (
+        "fine_maps",
+        tuple(query.fine.shape),
+        tuple(points.desc_fine.shape),
+        None if coarse is None else (tuple(coarse.logp.shape), cmeta),
+        alive is None,
+        camera,
+        config.fine_window,
+        config.fine_sigmas,
+        config.point_chunk,
+        config.half_correlation,
+        onehot,
     )
+    data, origin = _run(key, run, inputs, config)
+    return InfoMaps(data, origin, 2 * rf + 1, hf, wf, fs, math.log(hf * wf + 1))
+
+
+def _finalize_device(
+    xyz: torch.Tensor,
+    maps: InfoMaps,
+    camera: Camera,
+    T: torch.Tensor,
+    config: SolverConfig,
+    alive: torch.Tensor | None,
+) -> torch.Tensor:
+    """Device part of the finalisation (capturable): ``[55]`` f64 = information matrix (36),
+    ``T`` (16), cost, informative count, median depth of the informative points."""
+    radius = gnc_radius(config.fine_sigmas)
+    problem = GncProblem(xyz, maps, camera.cell_camera(maps.stride), config.fine_sigmas, radius)
+    ev = evaluate(problem, T, config.fine_sigmas[-1], hessian=True)
+    cells, valid = _project_cells(xyz, T, camera, maps.stride)
+    ok = valid if alive is None else valid & alive
+    a = bilinear_info(maps, cells, ok)
+    J = ev.J.to(torch.float64)
+    if config.covariance_mode == "hessian":
+        assert ev.Hp is not None
+        hp = ev.Hp.to(torch.float64)
+        # PSD projection of each symmetric 2x2: eigenvalues mean +- rad clamped at 0, same
+        # eigenvectors: H+ = (l1 + l2) / 2 I + (l1 - l2) / (2 rad) (H - mean I).
+        mean = 0.5 * (hp[:, 0, 0] + hp[:, 1, 1])
+        dev_m = hp - mean[:, None, None] * torch.eye(2, dtype=torch.float64, device=xyz.device)
+        rad = torch.sqrt(dev_m[:, 0, 0] ** 2 + dev_m[:, 0, 1] ** 2)
+        l1, l2 = (mean + rad).clamp_min(0.0), (mean - rad).clamp_min(0.0)
+        iso = (0.5 * (l1 + l2))[:, None, None] * torch.eye(
+            2, dtype=torch.float64, device=xyz.device
+        )
+        hpsd = iso + ((l1 - l2) / (2.0 * rad).clamp_min(1e-300))[:, None, None] * dev_m
+    else:
+        hpsd = ev.W.to(torch.float64)[:, None, None] * torch.eye(
+            2, dtype=torch.float64, device=xyz.device
+        )
+    info6 = torch.einsum("nki,nkl,nlj->ij", J, hpsd, J)
+    T64 = T.to(torch.float64)
+    z = (xyz.to(torch.float64) @ T64[2, :3] + T64[2, 3]).abs()
+    informative = a > 0
+    use = torch.where(informative.any(), informative, ok)
+    # Lower median of z over `use` (as nanmedian), sync-free: sort with the rest at +inf.
+    zs = torch.sort(torch.where(use, z, torch.full_like(z, math.inf))).values
+    k = ((use.sum() - 1).clamp_min(0) // 2).view(1)
+    zmed = zs.gather(0, k)
+    info_pts = maps.log_omega - a
+    if alive is not None:
+        info_pts = info_pts * alive.to(info_pts.dtype)
+    extra = torch.cat(
+        [
+            info_pts.sum().to(torch.float64).view(1),
+            informative.sum().to(torch.float64).view(1),
+            zmed.to(torch.float64),
+        ]
+    )
+    return torch.cat([info6.reshape(-1), T64.reshape(-1), extra])
 
 
 def _finalize(
@@ -249,56 +442,39 @@ def _finalize(
     n_alive: int,
     path: str,
     method: str,
+    alive: torch.Tensor | None = None,
 ) -> PoseResult:
-    """Cost, informative count, covariance and reliability at the final pose (one host sync)."""
-    dev = xyz.device
-    radius = gnc_radius(config.fine_sigmas)
-    sig = torch.tensor(config.fine_sigmas[-1:], dtype=torch.float32, device=dev)
-    problem = GncProblem(xyz, maps, camera.cell_camera(maps.stride), sig, radius)
-    ev = evaluate(problem, T, sig[0], hessian=True)
-    cells, valid = _project_cells(xyz, T, camera, maps.stride)
-    alive = torch.arange(xyz.shape[0], device=dev) < n_alive
-    a = bilinear_info(maps, cells, valid & alive)
-    J = ev.J.to(torch.float64)
-    if config.covariance_mode == "hessian":
-        assert ev.Hp is not None
-        hp = ev.Hp.to(torch.float64)
-        ha, hb, hc = hp[:, 0, 0], hp[:, 0, 1], hp[:, 1, 1]
-        mean = 0.5 * (ha + hc)
-        rad = torch.sqrt((0.5 * (ha - hc)) ** 2 + hb * hb)
-        phi = 0.5 * torch.atan2(2 * hb, ha - hc)
-        v1 = torch.stack([torch.cos(phi), torch.sin(phi)], -1)
-        v2 = torch.stack([-torch.sin(phi), torch.cos(phi)], -1)
-        l1, l2 = (mean + rad).clamp_min(0.0), (mean - rad).clamp_min(0.0)
-        hpsd = (
-            l1[:, None, None] * v1[:, :, None] * v1[:, None, :]
-            + l2[:, None, None] * v2[:, :, None] * v2[:, None, :]
-        )
-    else:
-        eye2 = torch.eye(2, dtype=torch.float64, device=dev)
-        hpsd = ev.W.to(torch.float64)[:, None, None] * eye2
-    info6 = torch.einsum("nki,nkl,nlj->ij", J, hpsd, J)
-    Xc = xyz.to(torch.float64) @ T[:3, :3].T + T[:3, 3]
-    informative = a > 0
-    z = Xc[:, 2].abs()
-    use = torch.where(informative.any(), informative, alive & valid)
-    zmed = torch.where(use, z, torch.full_like(z, math.nan)).nanmedian()
-    cost = (
-        (maps.log_omega - a)[alive].sum() if n_alive < xyz.shape[0] else (maps.log_omega - a).sum()
-    )
-    packed = torch.cat(
-        [
-            info6.reshape(-1),
-            T.reshape(-1).to(torch.float64),
-            torch.stack(
-                [
-                    cost.to(torch.float64),
-                    informative.sum().to(torch.float64),
-                    zmed.to(torch.float64),
-                ]
-            ),
-        ]
-    ).cpu()  # the single host sync of the solve
+    """Cost, informative count, covariance and reliability at the final pose (the device part is
+    one CUDA graph when enabled; then the single host sync of the solve)."""
+    mmeta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
+
+    def run(
+        x: torch.Tensor,
+        data: torch.Tensor,
+        origin: torch.Tensor,
+        T_: torch.Tensor,
+        *al: torch.Tensor,
+    ) -> tuple[torch.Tensor]:
+        m = InfoMaps(data, origin, *mmeta)
+        return (_finalize_device(x, m, camera, T_, config, al[0] if al else None),)
+
+    inputs: tuple[torch.Tensor, ...] = (xyz, maps.data, maps.origin, T.to(torch.float64))
+    if alive is not None:
+        inputs = (*inputs, alive)
+    key = ("finalize", tuple(maps.data.shape), mmeta, camera, config, alive is None)
+    packed = _run(key, run, inputs, config)[0].cpu()  # the single host sync of the solve
+    return _finalize_host(packed, config, n_alive, maps.log_omega, path, method)
+
+
+def _finalize_host(
+    packed: torch.Tensor,
+    config: SolverConfig,
+    n_alive: int,
+    log_omega: float,
+    path: str,
+    method: str,
+) -> PoseResult:
+    """Covariance and reliability verdict from the packed device results (CPU, float64)."""
     info6 = packed[:36].view(6, 6)
     T_cpu = packed[36:52].view(4, 4).clone()
     cost_f, n_inf, med_depth = float(packed[52]), int(packed[53]), float(packed[54])
@@ -310,7 +486,7 @@ def _finalize(
     if not torch.isfinite(cov).all():
         cov = torch.eye(6, dtype=torch.float64) * 1e6
     cov = 0.5 * (cov + cov.T) * config.covariance_scale
-    ratio = cost_f / (n_alive * maps.log_omega)
+    ratio = cost_f / (n_alive * log_omega)
     reasons = []
     if ratio > config.max_cost_ratio:
         reasons.append(f"cost ratio {ratio:.3f} > {config.max_cost_ratio}")
@@ -337,7 +513,7 @@ def _finalize(
         reliable=not reasons,
         path=path,
         cost_ratio=ratio,
-        log_omega=maps.log_omega,
+        log_omega=log_omega,
         method=method,
         reasons=reasons,
     )
@@ -358,13 +534,15 @@ def _solve(
     onehot = method == "re"
     n_alive = len(points)
     alive: torch.Tensor | None = None
-    if dev.type == "cuda" and config.cuda_graphs:
+    if _use_graphs(dev, config):
         nb = graphs.bucket_size(n_alive)
         points = _pad_points(points, nb)
         alive = torch.arange(nb, device=dev) < n_alive
     timer = Timer(dev, config.sync_timings)
     with torch.no_grad():
-        coarse = build_coarse_maps(query, points, config, alive)
+        run, key, wrap = _coarse_stage(query, config)
+        cin = (query.coarse, points.desc_coarse) + (() if alive is None else (alive,))
+        coarse = wrap(_run((*key, alive is None), run, cin, config))
         xyz = points.xyz.to(torch.float32)
         timer.lap("coarse_maps")
         if prior is not None:
@@ -382,15 +560,14 @@ def _solve(
                 "fine_" + method,
             )
             timer.lap("fine_gnc")
-            result = _finalize(xyz, fine, camera, T, config, n_alive, "tracking", method)
+            result = _finalize(xyz, fine, camera, T, config, n_alive, "tracking", method, alive)
             timer.lap("finalize")
             if result.reliable or not config.tracking_fallback:
                 result.timings = dict(timer.times, total=timer.total())
                 return result
-        rc = gnc_radius(config.coarse_sigmas)
-        cinfo = coarse_info_maps(coarse, 2 * rc + 1, alive=alive, onehot=onehot)
-        timer.lap("coarse_maps")
-        T0 = _msac(coarse, cinfo, xyz, camera, config, n_alive, "msac_" + method)
+        T0, cinfo = _msac_stage(
+            coarse, None, xyz, camera, config, n_alive, "msac_" + method, alive, onehot
+        )
         timer.lap("msac")
         T1 = _gnc(
             xyz,
@@ -416,7 +593,7 @@ def _solve(
             "fine_" + method,
         )
         timer.lap("fine_gnc")
-        result = _finalize(xyz, fine, camera, T, config, n_alive, "global", method)
+        result = _finalize(xyz, fine, camera, T, config, n_alive, "global", method, alive)
         timer.lap("finalize")
         result.timings = dict(timer.times, total=timer.total())
         return result

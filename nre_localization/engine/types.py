@@ -96,7 +96,7 @@ class SolverConfig:
     msac_min_candidates: int = 24  # ... but at least this many points
     msac_score_points: int = 256  # points scoring every hypothesis (0: all)
     msac_refine_top: int = 16  # best hypotheses re-scored with all points
-    msac_hypothesis_chunk: int = 4096  # hypotheses scored per pass (memory bound)
+    msac_hypothesis_chunk: int = 8192  # P3P poses (4 per triplet) scored per pass (memory)
     seed: int = 0
     # --- GNC-IRLS (majorise-minimise + Levenberg-Marquardt damping + sigma schedule)
     coarse_sigmas: tuple[float, ...] = (1.5, 1.0, 0.6)

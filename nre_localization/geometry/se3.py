@@ -18,6 +18,7 @@ about the fixed map axes (a global, i.e. left, rotation perturbation of ``R_map_
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from nre_localization.errors import InputError
 
@@ -137,8 +138,8 @@ def se3_log(T: torch.Tensor) -> torch.Tensor:
 def make_pose(r: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Rotation ``[..., 3, 3]`` and translation ``[..., 3]`` -> ``[..., 4, 4]``."""
     top = torch.cat([r, t[..., :, None]], dim=-1)
-    bottom = torch.zeros_like(top[..., :1, :])
-    bottom[..., 0, 3] = 1.0
+    # (0, 0, 0, 1) from device ops only (no host->device copy: safe inside a CUDA-graph capture).
+    bottom = F.pad(torch.zeros_like(top[..., :1, :3]), (0, 1), value=1.0)
     return torch.cat([top, bottom], dim=-2)
 
 

@@ -25,6 +25,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -79,7 +80,7 @@ def _rot_z(a: float) -> np.ndarray:
     return np.array([[c, -s, 0.0], [s, c, 0.0], [0.0, 0.0, 1.0]])
 
 
-def camera_info_values(cam: CameraSpec) -> dict[str, object]:
+def camera_info_values(cam: CameraSpec) -> dict[str, Any]:
     """CameraInfo fields for a :class:`CameraSpec` (OpenCV pixels, as CameraInfo uses)."""
     k, d, fisheye = cam.opencv()
     d = np.asarray(d, dtype=np.float64)
@@ -115,7 +116,7 @@ class _BagWriter:
         if plugin is None:
             raise InputError(f"bag storage '{storage}' must be mcap or sqlite3")
         self.writer = Writer(path, version=9, storage_plugin=plugin)
-        self.conns: dict[str, object] = {}
+        self.conns: dict[str, Any] = {}
 
     def __enter__(self) -> _BagWriter:
         self.writer.open()
@@ -150,25 +151,25 @@ class _BagWriter:
             topic, msgtype, typestore=self.ts, offered_qos_profiles=[qos]
         )
 
-    def write(self, topic: str, stamp_ns: int, msg: object) -> None:
+    def write(self, topic: str, stamp_ns: int, msg: Any) -> None:
         conn = self.conns[topic]
-        self.writer.write(conn, stamp_ns, self.ts.serialize_cdr(msg, conn.msgtype))  # type: ignore[attr-defined]
+        self.writer.write(conn, stamp_ns, self.ts.serialize_cdr(msg, conn.msgtype))
 
     # --- message builders (rosbags dataclasses)
-    def header(self, stamp_ns: int, frame: str) -> object:
+    def header(self, stamp_ns: int, frame: str) -> Any:
         sec, nsec = divmod(int(stamp_ns), 1_000_000_000)
         return self.t["std_msgs/msg/Header"](
             stamp=self.t["builtin_interfaces/msg/Time"](sec=sec, nanosec=nsec), frame_id=frame
         )
 
-    def pose(self, t: np.ndarray) -> object:
+    def pose(self, t: np.ndarray) -> Any:
         q = matrix_to_quat_xyzw(t[:3, :3])
         return self.t["geometry_msgs/msg/Pose"](
             position=self.t["geometry_msgs/msg/Point"](*map(float, t[:3, 3])),
             orientation=self.t["geometry_msgs/msg/Quaternion"](*map(float, q)),
         )
 
-    def transform(self, stamp_ns: int, parent: str, child: str, t: np.ndarray) -> object:
+    def transform(self, stamp_ns: int, parent: str, child: str, t: np.ndarray) -> Any:
         q = matrix_to_quat_xyzw(t[:3, :3])
         return self.t["geometry_msgs/msg/TransformStamped"](
             header=self.header(stamp_ns, parent),

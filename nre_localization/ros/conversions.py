@@ -165,7 +165,7 @@ def image_to_rgb(msg: object) -> np.ndarray:
     enc = encoding.lower()
     if depth == 2:
         dtype = np.dtype(">u2") if bool(msg.is_bigendian) else np.dtype("<u2")  # type: ignore[attr-defined]
-        pix = np.ascontiguousarray(rows).view(dtype).astype(np.uint16)
+        pix: np.ndarray = np.ascontiguousarray(rows).view(dtype).astype(np.uint16)
     else:
         pix = rows
     pix = pix.reshape(height, width, channels) if channels > 1 else pix.reshape(height, width)
@@ -508,13 +508,13 @@ def invert_T(t: np.ndarray) -> np.ndarray:
 def pose_msg_to_matrix(pose: object) -> np.ndarray:
     """``geometry_msgs/Pose`` -> ``[4, 4]`` (the pose of the child in the header frame)."""
     p, q = pose.position, pose.orientation  # type: ignore[attr-defined]
-    return make_T(quat_xyzw_to_matrix(np.array([q.x, q.y, q.z, q.w])), [p.x, p.y, p.z])
+    return make_T(quat_xyzw_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([p.x, p.y, p.z]))
 
 
 def transform_msg_to_matrix(tf: object) -> np.ndarray:
     """``geometry_msgs/Transform`` -> ``[4, 4]`` ``T_parent_child``."""
     t, q = tf.translation, tf.rotation  # type: ignore[attr-defined]
-    return make_T(quat_xyzw_to_matrix(np.array([q.x, q.y, q.z, q.w])), [t.x, t.y, t.z])
+    return make_T(quat_xyzw_to_matrix(np.array([q.x, q.y, q.z, q.w])), np.array([t.x, t.y, t.z]))
 
 
 def fill_pose(pose: object, t: np.ndarray) -> object:

@@ -21,8 +21,8 @@ class NodeStats:
 
     def __init__(self, window: int = 300) -> None:
         self._lock = threading.Lock()
-        self.latency = deque(maxlen=window)  # s, image receipt -> pose published
-        self.stage_times: dict[str, deque] = {}
+        self.latency: deque[float] = deque(maxlen=window)  # s, image receipt -> pose published
+        self.stage_times: dict[str, deque[float]] = {}
         self.received = 0
         self.processed = 0
         self.dropped = 0
@@ -89,8 +89,8 @@ class NodeStats:
                     float(np.median(np.array(v) * 1e3)) if v else float("nan")
                 )
             out["rejected_total"] = sum(self.rejected.values())
-            for k, v in sorted(self.rejected.items()):
-                out[f"rejected.{k}"] = v
+            for kind, n in sorted(self.rejected.items()):
+                out[f"rejected.{kind}"] = n
             out["seconds_since_image"] = (
                 time.monotonic() - self.last_image_time if self.last_image_time else float("inf")
             )

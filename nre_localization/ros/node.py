@@ -33,6 +33,13 @@ cost), service ``relocalize`` (std_srvs/Trigger: next frame runs global relocali
 ``initialpose`` (PoseWithCovarianceStamped in the global frame) as a prior, optional
 ``map_points`` (PointCloud2, latched) and ``debug_image``.
 
+Run: ``ros2 launch nre_localization localization.launch.py map:=MAP`` on a ROS 2 install, or
+(what ``ros2 run`` does) ``nre_localization_node --ros-args --params-file
+config/nre_localization.yaml -p map_path:=MAP -r image:=/camera/image_raw -r
+camera_info:=/camera/camera_info`` (with ``image_transport: compressed`` remap
+``image/compressed`` instead). TF comes through tf2_ros when importable, else through the node's
+own ``/tf`` + ``/tf_static`` subscriptions (:mod:`nre_localization.ros.tf_buffer`).
+
 A malformed message never stops the node: it is counted under ``rejected.<kind>`` on
 ``/diagnostics`` (kinds in :data:`~nre_localization.ros.conversions.REJECT_KINDS`), the last
 error is reported, and the next message is processed.
@@ -40,6 +47,7 @@ error is reported, and the next message is processed.
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 import time
@@ -166,6 +174,16 @@ class _TfSource:
         else:
             self.own.clear()  # type: ignore[union-attr]
 
+    def destroy(self) -> None:
+        """Remove the subscriptions / publishers this object made (lifecycle cleanup)."""
+        if self.tf2 is not None:
+            if hasattr(self.listener, "unregister"):
+                self.listener.unregister()
+            return
+        for sub in self.subs:
+            self.node.destroy_subscription(sub)
+        self.node.destroy_publisher(self.pub)
+
     def send(self, transforms: list[Any]) -> None:
         if self.tf2 is not None:
             self.broadcaster.sendTransform(transforms)
@@ -173,8 +191,8 @@ class _TfSource:
             self.pub.publish(self.TFMessage(transforms=transforms))
 
 
-class LocalizationNode(LifecycleNode):  # type: ignore[misc,valid-type]
-    """See the module docstring. ``params_override`` (tests) bypasses ROS parameters."""
+class LocalizationNode(LifecycleNode):
+    """See the module docstring. Parameters: :data:`nre_localization.ros.params.PARAMS`."""
 
     def __init__(self, node_name: str = NODE_NAME, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
@@ -208,6 +226,11 @@ class LocalizationNode(LifecycleNode):  # type: ignore[misc,valid-type]
         return validate(values)
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._last_rx_stamp = None
+        self._initialpose = None
+        self._last_map_odom = None
+        self._pending = None
+        self._infos = []
         try:
             self.params = p = self._read_params()
             self.localizer = self._build_localizer(p)
@@ -306,6 +329,9 @@ class LocalizationNode(LifecycleNode):  # type: ignore[misc,valid-type]
         if p.publish_map_cloud:
             self._pub_cloud = self.create_publisher(PointCloud2, "map_points", _latched(1))
             self._publish_map_cloud(p)
+            self._entities.append(self._pub_cloud)
+        if self._pub_debug is not None:
+            self._entities.append(self._pub_debug)
         self._entities += [self._pub_pose, self._pub_pose_cov, self._pub_state, self._pub_diag]
         self._stop.clear()
         self._worker = threading.Thread(target=self._work_loop, name="nre_worker", daemon=True)
@@ -329,9 +355,13 @@ class LocalizationNode(LifecycleNode):  # type: ignore[misc,valid-type]
                     self.destroy_service(ent)
                 else:
                     self.destroy_subscription(ent)
-            except Exception:
+            except Exception:  # best effort at teardown
                 pass
         self._entities = []
+        if self._tf is not None:
+            with contextlib.suppress(Exception):  # best effort at teardown
+                self._tf.destroy()
+            self._tf = None
 
     # ------------------------------------------------------------------ callbacks (never block)
     def _accept_stamp(self, stamp_ns: int) -> bool:

@@ -80,12 +80,18 @@ class PairStream(IterableDataset):
 
 
 def sample_pair(photos: list[np.ndarray], rng: np.random.Generator, cfg: PairConfig) -> dict:
-    """A 3D scene pair with probability ``cfg.p_scene``, else a homographic pair."""
-    if rng.random() < cfg.p_scene:
-        for _ in range(10):
-            pair = make_scene_pair(photos, rng, cfg)
-            if pair is not None and pair["valid"].mean() > 0.1:
-                return pair
+    """A 3D scene pair with probability ``cfg.p_scene``, else a homographic pair. A sample that
+    fails (degenerate random geometry) is replaced by another one, never raised into training."""
+    for _ in range(20):
+        try:
+            if rng.random() < cfg.p_scene:
+                pair = make_scene_pair(photos, rng, cfg)
+            else:
+                pair = make_pair(photos[int(rng.integers(len(photos)))], rng, cfg)
+        except (cv2.error, ValueError, np.linalg.LinAlgError, FloatingPointError):
+            continue
+        if pair is not None and pair["valid"].mean() > 0.1:
+            return pair
     return make_pair(photos[int(rng.integers(len(photos)))], rng, cfg)
 
 
@@ -164,7 +170,7 @@ def _validate(
 def freeze_low_level(net: DescriptorNet, coarse_blocks: int, fine_block1: bool) -> int:
     """Set ``requires_grad=False`` on the first coarse blocks / the fine block1; returns the count
     of frozen parameters (their BatchNorm statistics are frozen anyway)."""
-    mods: list[torch.nn.Module] = list(net.coarse.features[:coarse_blocks])
+    mods: list[torch.nn.Module] = [net.coarse.features[i] for i in range(coarse_blocks)]
     if fine_block1:
         mods.append(net.fine.block1)
     n = 0
@@ -277,7 +283,11 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
         if stop:
             break
         t0 = time.time()
-        batch = next(it)
+        try:
+            batch = next(it)
+        except Exception as err:  # a loader worker died: keep what was trained so far
+            print(f"data loader failed ({type(err).__name__}: {err}); saving, stopping", flush=True)
+            break
         images, pa, pb, v = pairs_to_tensors(batch, device)
         t_data = time.time() - t0
         probe = logs is not None and (step + 1) % cfg.log_every == 0  # synced timing breakdown

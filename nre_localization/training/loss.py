@@ -33,7 +33,7 @@ class LevelStats:
         return self.loss_sum / max(self.n, 1)
 
 
-def _corners(cells: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
+def corners(cells: torch.Tensor, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Continuous cells ``[N, 2]`` (inside the map) -> flat indices ``[N, 4]``, weights ``[N, 4]``."""
     x, y = cells[:, 0], cells[:, 1]
     x0, y0 = x.floor(), y.floor()
@@ -68,7 +68,7 @@ def dense_nre_loss(
     for s in range(0, desc.shape[0], chunk):
         c = cells[s : s + chunk]
         logp = F.log_softmax((desc[s : s + chunk] @ flat).float(), dim=1)  # [n, Hm*Wm]
-        idx, wts = _corners(c.float(), wm)
+        idx, wts = corners(c.float(), wm)
         total = total - (logp.gather(1, idx.clamp(max=hm * wm - 1)) * wts).sum()
         with torch.no_grad():
             am = logp.argmax(dim=1)
@@ -118,7 +118,7 @@ def window_nre_loss(
         logits = (desc[s : s + chunk] @ flat).gather(1, idx).float()
         logp = F.log_softmax(logits, dim=1)
         local = cells[s : s + chunk].float() - o.float()
-        cidx, wts = _corners(local, size)
+        cidx, wts = corners(local, size)
         total = total - (logp.gather(1, cidx.clamp(max=size * size - 1)) * wts).sum()
         with torch.no_grad():
             am = logp.argmax(dim=1)

@@ -87,7 +87,8 @@ def _warp(photo: np.ndarray, h_out_to_photo: np.ndarray, cfg: PairConfig) -> np.
     hmat = h_out_to_photo
     src = photo
     if mag > 1.5:
-        f = 1.0 / mag
+        # (a plane seen at grazing angles can ask for any shrink: keep at least 16 px)
+        f = max(1.0 / mag, 16.0 / min(photo.shape[:2]))
         src = cv2.resize(photo, None, fx=f, fy=f, interpolation=cv2.INTER_AREA)
         # pixel p of the shrunk image shows the original at (p + 0.5) / f - 0.5
         sy, sx = photo.shape[0] / src.shape[0], photo.shape[1] / src.shape[1]
@@ -117,22 +118,23 @@ def photometric(img: np.ndarray, rng: np.random.Generator, cfg: PairConfig) -> n
         out = cv2.filter2D(out, -1, kernel, borderType=cv2.BORDER_REFLECT)
     elif rng.random() < cfg.p_gauss_blur:
         out = cv2.GaussianBlur(out, (0, 0), rng.uniform(0.5, 2.0))
-    x = out.astype(np.float32) / 255.0
-    gain = np.exp(rng.normal(0.0, 0.08, 3)).astype(np.float32)  # white balance
-    x = x * gain
-    mean = x.mean()
-    x = (x - mean) * rng.uniform(0.6, 1.4) + mean  # contrast
-    x = np.clip(x, 0, 1) ** rng.uniform(0.6, 1.6)  # gamma
+    # White balance, contrast, gamma and exposure are pointwise: one 256-entry table per channel.
+    gain = np.exp(rng.normal(0.0, 0.08, 3))  # white balance
+    mean = float((out.reshape(-1, 3).mean(0) / 255.0 * gain).mean())
+    contrast = rng.uniform(0.6, 1.4)
+    gamma = rng.uniform(0.6, 1.6)
     noise = rng.uniform(0.0, 0.02)
     if rng.random() < cfg.p_dark:
         exposure = rng.uniform(0.12, 0.45)
         noise = rng.uniform(0.01, 0.05)
     else:
         exposure = rng.uniform(0.6, 1.6)  # > 1 saturates highlights (harsh exposure)
-    x = x * exposure
-    if noise > 0:
-        shot = np.sqrt(np.clip(x, 0, 1)) * rng.normal(0, 1, x.shape).astype(np.float32)
-        x = x + noise * shot + 0.3 * noise * rng.normal(0, 1, x.shape).astype(np.float32)
+    v = np.arange(256)[:, None] / 255.0 * gain[None, :]  # [256, 3]
+    lut = (np.clip((v - mean) * contrast + mean, 0, 1) ** gamma * exposure).astype(np.float32)
+    x = np.stack([lut[out[..., c], c] for c in range(3)], axis=-1)
+    # Sensor noise: shot noise (variance ~ signal) plus read noise, as one Gaussian field.
+    sigma = noise * np.sqrt(np.clip(x, 0, 1) + 0.09)
+    x = x + sigma * rng.standard_normal(x.shape, dtype=np.float32)
     out = np.clip(x * 255.0 + 0.5, 0, 255).astype(np.uint8)
     if rng.random() < cfg.p_jpeg:
         ok, buf = cv2.imencode(".jpg", out, [cv2.IMWRITE_JPEG_QUALITY, int(rng.integers(25, 95))])

@@ -14,14 +14,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from nre_localization.geometry.cells import bilinear_sample, cells_inside, pixel_to_cell
-from nre_localization.training.loss import (
-    LevelStats,
-    dense_nre_loss,
-    window_nre_loss,
-    window_origins,
-)
+from nre_localization.training.loss import LevelStats, corners, window_origins
 
 
 @dataclass(frozen=True)
@@ -29,33 +25,69 @@ class LossConfig:
     fine_window: int = 32  # fine cells per window side (64 px at stride 2)
     fine_max_offset: int = 8  # random displacement of the window centre from the truth (cells)
     fine_weight: float = 1.0  # total = coarse + fine_weight * fine
-    chunk: int = 512  # points per logits chunk
+    max_logits: int = 1 << 27  # fine level: full-correlation logits computed at once (memory)
 
 
-def _level(
-    src_map: torch.Tensor,
-    dst_map: torch.Tensor,
+def _level_batched(
+    src_maps: torch.Tensor,
+    dst_maps: torch.Tensor,
     src_px: torch.Tensor,
     dst_px: torch.Tensor,
+    valid: torch.Tensor,
     stride: int,
     window: int | None,
     cfg: LossConfig,
     gen: torch.Generator,
 ) -> LevelStats:
-    """Loss of one direction at one level. Maps ``[D, Hm, Wm]``; pixels ``[N, 2]`` (x, y)."""
-    _, hm, wm = dst_map.shape
+    """Eq. 10 for M (source, target) map pairs at once.
+
+    src_maps, dst_maps ``[M, D, Hm, Wm]``; src_px, dst_px ``[M, N, 2]`` pixels (x, y); valid ``[M, N]``.
+    Invalid points are carried with zero weight (fixed shapes, no per-pair Python work on the GPU).
+    """
+    m, d, hm, wm = dst_maps.shape
+    n = src_px.shape[1]
     src_cells = pixel_to_cell(src_px, stride)
     dst_cells = pixel_to_cell(dst_px, stride)
-    keep = cells_inside(dst_cells, hm, wm) & cells_inside(src_cells, *src_map.shape[1:])
-    if window is not None:
-        keep &= torch.tensor(hm >= window and wm >= window, device=keep.device)
-    if not bool(keep.any()):
-        return LevelStats(src_map.sum() * 0.0, 0, 0)
-    desc = bilinear_sample(src_map, src_cells[keep])
+    keep = valid & cells_inside(dst_cells, hm, wm) & cells_inside(src_cells, *src_maps.shape[2:])
+    if window is not None and (hm < window or wm < window):
+        keep = torch.zeros_like(keep)
+    limit = torch.tensor([wm - 1, hm - 1], dtype=dst_cells.dtype, device=dst_cells.device)
+    truth = torch.minimum(dst_cells.clamp(min=0), limit)  # valid for indexing; masked if not kept
+    desc = torch.stack([bilinear_sample(src_maps[i], src_cells[i]) for i in range(m)])  # [M, N, D]
+    flat = dst_maps.reshape(m, d, hm * wm)
     if window is None:
-        return dense_nre_loss(desc, dst_map, dst_cells[keep], cfg.chunk)
-    origins = window_origins(dst_cells[keep], window, hm, wm, cfg.fine_max_offset, gen)
-    return window_nre_loss(desc, dst_map, dst_cells[keep], origins, window, cfg.chunk)
+        logits = torch.bmm(desc, flat)  # [M, N, Hm*Wm]
+        local, size = truth, wm
+    else:
+        origins = window_origins(truth.reshape(-1, 2), window, hm, wm, cfg.fine_max_offset, gen)
+        origins = origins.view(m, n, 2)
+        r = torch.arange(window, device=desc.device)
+        gy = (origins[..., 1, None] + r).unsqueeze(-1)  # [M, N, S, 1]
+        gx = (origins[..., 0, None] + r).unsqueeze(-2)  # [M, N, 1, S]
+        idx = (gy * wm + gx).reshape(m, n, window * window)
+        # full correlation by matmul, then each point's window (cheap forward and backward);
+        # maps are processed a few at a time to bound the [c, N, Hm*Wm] logits
+        step = max(1, cfg.max_logits // max(n * hm * wm, 1))
+        logits = torch.cat(
+            [
+                torch.bmm(desc[i : i + step], flat[i : i + step]).gather(2, idx[i : i + step])
+                for i in range(0, m, step)
+            ]
+        )
+        local, size = truth - origins.to(truth.dtype), window
+    logp = F.log_softmax(logits.float(), dim=2)
+    cidx, wts = corners(local.reshape(-1, 2).float(), size)
+    cap = logp.shape[2] - 1
+    picked = logp.gather(2, cidx.clamp(max=cap).view(m, n, 4))
+    per_point = -(picked * wts.view(m, n, 4)).sum(-1)  # [M, N]
+    w = keep.to(per_point.dtype)
+    loss_sum = (per_point * w).sum()
+    with torch.no_grad():
+        am = logp.argmax(dim=2)
+        pred = torch.stack([am % size, am // size], dim=-1).to(local.dtype)
+        hit = ((pred - local).norm(dim=-1) <= 1.0) & keep
+        n_used, n_hit = torch.stack([keep.sum(), hit.sum()]).tolist()
+    return LevelStats(loss_sum, int(n_used), int(n_hit))
 
 
 def batch_losses(
@@ -71,27 +103,21 @@ def batch_losses(
     """NRE losses of a batch whose network outputs are ``outputs`` for ``cat([A, B])``.
 
     pts_a, pts_b ``[B, N, 2]`` pixels (x, y) of the same points in A and B; valid ``[B, N]`` bool
-    (visible in both). Returns summed :class:`LevelStats` for "coarse" and "fine".
+    (visible in both). Both directions are stacked (A -> B then B -> A). Returns summed
+    :class:`LevelStats` for "coarse" and "fine".
     """
     b = pts_a.shape[0]
-    stats = {
-        "coarse": LevelStats(pts_a.new_zeros(()), 0, 0),
-        "fine": LevelStats(pts_a.new_zeros(()), 0, 0),
-    }
-    for i in range(b):
-        v = valid[i]
-        pa, pb = pts_a[i][v], pts_b[i][v]
-        for level, stride, window in (
-            ("coarse", coarse_stride, None),
-            ("fine", fine_stride, cfg.fine_window),
-        ):
-            map_a, map_b = outputs[level][i], outputs[level][b + i]
-            for s_map, d_map, s_px, d_px in ((map_a, map_b, pa, pb), (map_b, map_a, pb, pa)):
-                st = _level(s_map, d_map, s_px, d_px, stride, window, cfg, gen)
-                acc = stats[level]
-                stats[level] = LevelStats(
-                    acc.loss_sum + st.loss_sum, acc.n + st.n, acc.n_correct + st.n_correct
-                )
+    src_px = torch.cat([pts_a, pts_b])
+    dst_px = torch.cat([pts_b, pts_a])
+    v = torch.cat([valid, valid])
+    stats = {}
+    for level, stride, window in (
+        ("coarse", coarse_stride, None),
+        ("fine", fine_stride, cfg.fine_window),
+    ):
+        maps = outputs[level]  # [2B, D, Hm, Wm]: A maps then B maps
+        swapped = torch.cat([maps[b:], maps[:b]])
+        stats[level] = _level_batched(maps, swapped, src_px, dst_px, v, stride, window, cfg, gen)
     return stats
 
 

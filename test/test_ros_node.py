@@ -564,6 +564,10 @@ def test_soak_2000_frames_no_memory_growth(rig: tuple[Rig, Any]) -> None:
     wait_until(lambda: r.d("frames_received") >= received0 + 1500, 30.0, what="frames received")
     assert node.running()
     growth = rss[1] - rss[0]
+    print(
+        f"soak: RSS {rss} MB, received {r.d('frames_received') - received0:.0f}, "
+        f"processed {r.d('frames_processed'):.0f}, dropped {r.d('frames_dropped'):.0f}"
+    )
     assert growth < 40.0, f"RSS grew {growth:.1f} MB over 1500 frames ({rss})"
     assert r.d("frames_dropped") > 0  # newest-only: a slow worker drops, never queues
 

@@ -59,8 +59,8 @@ def clear() -> None:
 
 
 def failed(key: Hashable) -> bool:
-    """Whether capturing ``key`` failed before (it then runs eagerly)."""
-    return key in _FAILED
+    """Whether capturing ``key`` (for any input shapes) failed before (it then runs eagerly)."""
+    return any(k[0] == key for k in _FAILED)
 
 
 def status() -> dict[str, object]:
@@ -84,8 +84,11 @@ def call(
     """``fn(*inputs)`` through a CUDA graph cached under ``key`` (eager if capture failed).
 
     ``fn`` must only read its arguments and Python constants, must not synchronise with the host,
-    and returns a tuple of tensors. Returned tensors are fresh copies.
+    and returns a tuple of tensors. Returned tensors are fresh copies. The cache key is extended
+    with the inputs' shapes and dtypes, so a stage called with another point bucket or map size
+    captures a graph of its own instead of replaying one of the wrong shape.
     """
+    key = (key, tuple((tuple(x.shape), x.dtype) for x in inputs))
     entry = _CACHE.get(key)
     if entry is None:
         if key in _FAILED:
@@ -126,4 +129,6 @@ def call(
 
 
 def _name(key: Hashable) -> str:
-    return str(key[0]) if isinstance(key, tuple) and key else str(key)
+    while isinstance(key, tuple) and key:
+        key = key[0]
+    return str(key)

@@ -124,7 +124,8 @@ def msac_p3p(
     weight = torch.where(rank < k_use, weight, torch.zeros_like(weight))
     trip, tok = _sample_triplets(weight, n_hyp, config.seed, dev)
     trip = cand[trip]  # [B, 3] distinct points
-    R, t, ok = p3p(bear[trip], xyz[trip].to(torch.float64))
+    # One Newton polish step: the closed-form depths are already accurate (GNC refines anyway).
+    R, t, ok = p3p(bear[trip], xyz[trip].to(torch.float64), refine_steps=1)
     ok = ok & tok[:, None]
     R, t, ok = R.reshape(-1, 3, 3), t.reshape(-1, 3), ok.reshape(-1)
     if compact if compact is not None else dev.type == "cpu":  # a sync: only where it is free

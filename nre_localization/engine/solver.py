@@ -11,6 +11,15 @@ coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fi
 If the result is not reliable and ``config.tracking_fallback``, the global path runs (reusing the
 coarse maps) and ``path`` says ``"global"``.
 
+On CUDA (``config.cuda_graphs``) every stage - coarse maps, MSAC (with the coarse information maps),
+coarse GNC, fine maps, fine GNC and the device part of the finalisation - runs as one captured CUDA
+graph (:mod:`nre_localization.engine.graphs`); points are padded to a power-of-two bucket so a
+graph serves every point count of its bucket. Stages take their constants from
+:mod:`nre_localization.engine.consts` (built before capture) and never synchronise; the solve
+synchronises once to check its inputs and once to fetch the packed results (plus the per-stage
+timer's synchronisations when ``config.sync_timings``). ``test/test_engine_graphs.py`` checks on
+the CPU that each stage is capture-safe.
+
 Covariance: ``config.covariance_scale * inv(sum_n J_n^T H_n J_n)`` at the final fine sigma, with
 ``H_n`` the exact ``2x2`` Hessian of the smoothed cost w.r.t. point ``n``'s reprojection projected to
 PSD (``covariance_mode="hessian"``), or the IRLS weight ``W_n I`` (``"majoriser"``, optimistic).

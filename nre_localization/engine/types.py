@@ -101,10 +101,12 @@ class SolverConfig:
     # --- GNC-IRLS (majorise-minimise + Levenberg-Marquardt damping + sigma schedule)
     coarse_sigmas: tuple[float, ...] = (1.5, 1.0, 0.6)
     fine_sigmas: tuple[float, ...] = (2.0, 1.0, 0.6)
-    coarse_iterations: int = 10  # total iteration cap (fixed shapes: always this many on CUDA)
+    # Static schedule (engine/gnc.py): 1 initial evaluation + level_iterations steps per sigma,
+    # capped at *_iterations evaluations (always run on CUDA, converged levels masked).
+    coarse_iterations: int = 10
     fine_iterations: int = 10
-    level_iterations: int = 3  # at most this many steps per sigma before moving on
-    convergence_tol: float = 1e-4  # relative cost decrease that ends a sigma level
+    level_iterations: int = 3  # steps per sigma level
+    convergence_tol: float = 1e-4  # relative cost decrease below which a level is converged
     lambda_init: float = 1e-3
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable

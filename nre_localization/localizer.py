@@ -159,7 +159,9 @@ class Localizer:
 
         self.config = config or LocalizerConfig()
         self.device = resolve_device(device)
-        self.model = model.to(self.device).eval()
+        # A plain DescriptorNet is moved to the device; an inference wrapper (FastDescriptorNet)
+        # already lives there.
+        self.model = model.to(self.device).eval() if isinstance(model, torch.nn.Module) else model
         self.map = nre_map
         self.solver_config = solver_config if solver_config is not None else SolverConfig()
         if not nre_map.has_descriptors():
@@ -186,7 +188,13 @@ class Localizer:
         from nre_localization.model.network import load_default_model, load_model
 
         dev = resolve_device(device)
-        model = load_model(weights, dev) if weights else load_default_model(dev)
+        model: Any = load_model(weights, dev) if weights else load_default_model(dev)
+        if dev.type == "cuda":
+            # GPU inference: BatchNorm folded, fp16, channels-last, replayed as a CUDA graph
+            # (same fingerprint; benchmarks/bench_model.py checks it against fp32).
+            from nre_localization.model.inference import FastDescriptorNet
+
+            model = FastDescriptorNet(model, dtype=torch.float16, cuda_graph=True)
         nre_map = load_map(
             Path(map_path), expected_fingerprint=model.fingerprint(), require_descriptors=True
         )

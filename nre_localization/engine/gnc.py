@@ -237,6 +237,8 @@ class _Eval:
     sums: torch.Tensor  # [B, N, C, C] window sums (unscaled), see _eval
     J: torch.Tensor  # [B, N, 2, 6] f32
     valid: torch.Tensor  # [B, N] bool
+    cells: torch.Tensor  # [B, N, 2] f32 full-map cells of the reprojections (garbage if invalid)
+    z: torch.Tensor  # [B, N] f32 camera-frame depths (metres)
 
 
 def _eval(
@@ -291,7 +293,7 @@ def _eval(
     sm = const([[[1.0 / (2.0 * math.pi * sg**4)]] for sg in sigmas], _F64, dev)
     M = torch.matmul(L.transpose(1, 2), R) * sm
     cost = M[:, 6, 7] * const([-0.5 * sg * sg for sg in sigmas], _F64, dev)
-    return _Eval(M=M, cost=cost, sums=sums, J=J, valid=valid)
+    return _Eval(M=M, cost=cost, sums=sums, J=J, valid=valid, cells=cells, z=Xh[..., 2])
 
 
 def _homogeneous(xyz: torch.Tensor) -> torch.Tensor:

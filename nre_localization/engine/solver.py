@@ -7,7 +7,8 @@ the coarse maps -> fine maps in windows around the coarse reprojections -> GNC-I
 maps -> covariance and reliability verdict.
 
 Tracking path (``prior`` given): coarse maps (only their probabilities, for the fine maps'
-coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fine GNC-IRLS.
+coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fine GNC-IRLS on the
+shorter ``config.tracking_sigmas`` / ``tracking_iterations`` schedule.
 If the result is not reliable and ``config.tracking_fallback``, the global path runs (reusing the
 coarse maps) and ``path`` says ``"global"``.
 
@@ -38,9 +39,13 @@ import time
 from collections.abc import Callable, Hashable
 
 import torch
+import torch.nn.functional as F
 
 from nre_localization.engine import graphs
-from nre_localization.engine.gnc import GncProblem, evaluate, gnc_iterate, gnc_radius, gnc_start
+from nre_localization.engine.consts import const
+from nre_localization.engine.gnc import GncProblem, gnc_iterate, gnc_radius, gnc_start
+from nre_localization.engine.gnc import _consts as gnc_consts
+from nre_localization.engine.gnc import _eval as gnc_eval
 from nre_localization.engine.loss_maps import (
     CoarseMaps,
     InfoMaps,
@@ -340,7 +345,7 @@ def _fine_maps(
 ) -> InfoMaps:
     """Fine information windows around the reprojections under ``T`` (one CUDA graph when
     enabled)."""
-    rf = gnc_radius(config.fine_sigmas)
+    rf = gnc_radius(config.fine_sigmas + config.tracking_sigmas)  # pad for both schedules
     fs, cs = query.fine_stride, query.coarse_stride
     df, hf, wf = (int(s) for s in query.fine.shape)
     cmeta = None if coarse is None else (coarse.stride, coarse.log_omega)
@@ -378,6 +383,7 @@ def _fine_maps(
         camera,
         config.fine_window,
         config.fine_sigmas,
+        config.tracking_sigmas,
         config.point_chunk,
         config.half_correlation,
         onehot,
@@ -395,50 +401,57 @@ def _finalize_device(
     alive: torch.Tensor | None,
 ) -> torch.Tensor:
     """Device part of the finalisation (capturable): ``[55]`` f64 = information matrix (36),
-    ``T`` (16), cost, informative count, median depth of the informative points."""
+    ``T`` (16), cost, informative count, median depth of the informative points.
+
+    One GNC evaluation at the final sigma gives the reprojections (cells, depths), Jacobians and
+    the window sums from which each point's ``2x2`` Hessian ``H_n`` comes as one small GEMM; the
+    PSD projection and ``sum_n J_n^T H_n J_n`` are a handful of batched ops (few kernels)."""
+    dev = xyz.device
+    f64 = torch.float64
+    sg = config.fine_sigmas[-1]
     radius = gnc_radius(config.fine_sigmas)
     problem = GncProblem(xyz, maps, camera.cell_camera(maps.stride), config.fine_sigmas, radius)
-    ev = evaluate(problem, T, config.fine_sigmas[-1], hessian=True)
-    cells, valid = _project_cells(xyz, T, camera, maps.stride)
-    ok = valid if alive is None else valid & alive
-    a = bilinear_info(maps, cells, ok)
-    J = ev.J.to(torch.float64)
+    k = gnc_consts(problem)
+    T64 = T.to(f64)
+    ev = gnc_eval(
+        problem, k, F.pad(xyz.to(torch.float32), (0, 1), value=1.0), T64[None], (sg,), True
+    )
+    n = int(xyz.shape[0])
+    valid = ev.valid[0]
+    # Window sums [N, 9] -> (mean, dev, h01) of H_n (exact Hessian, or W_n I for "majoriser"):
+    # h00 = W - sxx / s2, h11 = W - syy / s2, h01 = -sxy / s2 with W, sxx, syy, sxy the scaled sums.
+    sc = 1.0 / (2.0 * math.pi * sg**4)
+    q = sc / (sg * sg)
+    cmat = [[0.0] * 3 for _ in range(9)]
+    cmat[0][0] = sc
     if config.covariance_mode == "hessian":
-        assert ev.Hp is not None
-        hp = ev.Hp.to(torch.float64)
-        # PSD projection of each symmetric 2x2: eigenvalues mean +- rad clamped at 0, same
-        # eigenvectors: H+ = (l1 + l2) / 2 I + (l1 - l2) / (2 rad) (H - mean I).
-        mean = 0.5 * (hp[:, 0, 0] + hp[:, 1, 1])
-        dev_m = hp - mean[:, None, None] * torch.eye(2, dtype=torch.float64, device=xyz.device)
-        rad = torch.sqrt(dev_m[:, 0, 0] ** 2 + dev_m[:, 0, 1] ** 2)
-        l1, l2 = (mean + rad).clamp_min(0.0), (mean - rad).clamp_min(0.0)
-        iso = (0.5 * (l1 + l2))[:, None, None] * torch.eye(
-            2, dtype=torch.float64, device=xyz.device
-        )
-        hpsd = iso + ((l1 - l2) / (2.0 * rad).clamp_min(1e-300))[:, None, None] * dev_m
-    else:
-        hpsd = ev.W.to(torch.float64)[:, None, None] * torch.eye(
-            2, dtype=torch.float64, device=xyz.device
-        )
-    info6 = torch.einsum("nki,nkl,nlj->ij", J, hpsd, J)
-    T64 = T.to(torch.float64)
-    z = (xyz.to(torch.float64) @ T64[2, :3] + T64[2, 3]).abs()
+        cmat[2][0], cmat[6][0] = -0.5 * q, -0.5 * q
+        cmat[2][1], cmat[6][1] = -0.5 * q, 0.5 * q
+        cmat[4][2] = -q
+    P = ev.sums[0].reshape(n, 9).to(f64) @ const(cmat, f64, dev)  # [N, 3]
+    # PSD projection: eigenvalues mean +- rad clamped at 0, same eigenvectors:
+    # H+ = a I + c (H - mean I), a = (l1 + l2) / 2, c = (l1 - l2) / (2 rad).
+    rad = torch.linalg.vector_norm(P[:, 1:], dim=1)
+    lam = torch.addcmul(P[:, :1], rad[:, None], const([1.0, -1.0], f64, dev)).clamp_min(0.0)
+    ac = lam @ const([[0.5, 0.5], [0.5, -0.5]], f64, dev)  # (a, (l1 - l2) / 2)
+    c = ac[:, 1] / rad.clamp_min(1e-300)
+    Z = torch.cat([ac[:, :1], P[:, 1:] * c[:, None]], 1)  # (a, c dev, c h01)
+    rows = [[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0], [0.0, 1.0, 1.0, 0.0]]
+    hpsd = (Z @ const(rows, f64, dev)).view(n, 2, 2)
+    J = torch.where(valid[:, None, None], ev.J[0], 0.0).to(f64)  # [N, 2, 6]
+    info6 = J.view(2 * n, 6).T @ torch.bmm(hpsd, J).view(2 * n, 6)
+    ok = valid if alive is None else valid & alive
+    a = bilinear_info(maps, ev.cells[0], ok)
     informative = a > 0
     use = torch.where(informative.any(), informative, ok)
     # Lower median of z over `use` (as nanmedian), sync-free: sort with the rest at +inf.
-    zs = torch.sort(torch.where(use, z, torch.full_like(z, math.inf))).values
-    k = ((use.sum() - 1).clamp_min(0) // 2).view(1)
-    zmed = zs.gather(0, k)
+    zs = torch.sort(torch.where(use, ev.z[0], math.inf)).values
+    kmed = ((use.sum() - 1).clamp_min(0) // 2).view(1)
+    zmed = zs.gather(0, kmed)
     info_pts = maps.log_omega - a
     if alive is not None:
-        info_pts = info_pts * alive.to(info_pts.dtype)
-    extra = torch.cat(
-        [
-            info_pts.sum().to(torch.float64).view(1),
-            informative.sum().to(torch.float64).view(1),
-            zmed.to(torch.float64),
-        ]
-    )
+        info_pts = info_pts * alive
+    extra = torch.stack([info_pts.sum().to(f64), informative.sum().to(f64), zmed[0].to(f64)])
     return torch.cat([info6.reshape(-1), T64.reshape(-1), extra])
 
 
@@ -562,9 +575,9 @@ def _solve(
                 xyz,
                 fine,
                 camera,
-                config.fine_sigmas,
+                config.tracking_sigmas,
                 T0,
-                config.fine_iterations,
+                config.tracking_iterations,
                 config,
                 "fine_" + method,
             )

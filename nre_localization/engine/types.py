@@ -110,6 +110,10 @@ class SolverConfig:
     lambda_init: float = 1e-3
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable
+    # Fine GNC schedule of the tracking path (the prior is already within a few fine cells, so a
+    # shorter schedule suffices: fewer evaluations per solve). Same units and rules as fine_sigmas.
+    tracking_sigmas: tuple[float, ...] = (2.0, 0.6)
+    tracking_iterations: int = 7
     # --- covariance and reliability
     covariance_mode: str = (
         "hessian"  # "hessian": exact Hessian of the smoothed cost, PSD-projected;
@@ -139,7 +143,13 @@ class SolverConfig:
         for name in ("point_chunk", "msac_hypotheses", "msac_hypothesis_chunk", "level_iterations"):
             if getattr(self, name) < 1:
                 raise bad(name, "must be >= 1")
-        for name in ("coarse_iterations", "fine_iterations", "msac_score_points", "num_threads"):
+        for name in (
+            "coarse_iterations",
+            "fine_iterations",
+            "tracking_iterations",
+            "msac_score_points",
+            "num_threads",
+        ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
         if self.msac_min_candidates < 3:
@@ -148,7 +158,7 @@ class SolverConfig:
             raise bad("msac_refine_top", "must be >= 1")
         if not 0 < self.msac_candidate_fraction <= 1:
             raise bad("msac_candidate_fraction", "must be in (0, 1]")
-        for name in ("coarse_sigmas", "fine_sigmas"):
+        for name in ("coarse_sigmas", "fine_sigmas", "tracking_sigmas"):
             s = getattr(self, name)
             if len(s) == 0 or any(not (math.isfinite(x) and x > 0) for x in s):
                 raise bad(name, "must be a non-empty tuple of positive numbers")

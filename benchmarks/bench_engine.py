@@ -246,7 +246,10 @@ def main() -> int:
             device=dev,
         )
         if dev.type == "cuda":
+            # Peak memory *for this N*: drop the previous sizes' graphs (and their pool) first.
+            graphs.clear()
             torch.cuda.synchronize(dev)
+            torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats(dev)
         entry = bench_solves(scene, cfg, dev, repeats, args.warmup)
         mcfg = SolverConfig(**dict(base, msac_hypotheses=args.msac_hypotheses))

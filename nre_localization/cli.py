@@ -280,6 +280,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--weights", type=Path, metavar="FILE", help="model weights (default: the shipped weights)"
     )
     lp.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
+    lp.add_argument(
+        "--max-image-width",
+        type=int,
+        default=640,
+        metavar="PX",
+        help="wider images are resized, intrinsics follow (0: never; default 640)",
+    )
 
     # evaluate ------------------------------------------------------------------------------
     ev = sub.add_parser(
@@ -504,6 +511,17 @@ def cmd_localize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _limit_width(img: np.ndarray, cam, max_width: int):  # noqa: ANN001, ANN202
+    """Resize ``img`` (and its CameraSpec) to at most ``max_width`` px wide (0: never)."""
+    import cv2
+
+    h, w = img.shape[:2]
+    if not max_width or w <= max_width:
+        return img, cam
+    nh = max(1, round(h * max_width / w))
+    return cv2.resize(img, (max_width, nh), interpolation=cv2.INTER_AREA), cam.scaled(max_width, nh)
+
+
 def _parse_camera(text: str, what: str):  # noqa: ANN202
     from nre_localization.datasets.common import CameraSpec
 
@@ -519,7 +537,7 @@ def _parse_camera(text: str, what: str):  # noqa: ANN202
 def cmd_localize_pair(args: argparse.Namespace) -> int:
     import torch
 
-    from nre_localization.datasets.common import read_rgb
+    from nre_localization.datasets.common import ENGINE_MODELS, read_rgb, undistort_to_pinhole
     from nre_localization.datasets.poses import pose_from_qt, qt_from_pose
     from nre_localization.engine.solver import MapPoints, QueryFeatures, SolverConfig, solve
     from nre_localization.maps.builder import image_to_tensor, sample_descriptors
@@ -546,6 +564,10 @@ def cmd_localize_pair(args: argparse.Namespace) -> int:
     xyz = xyz[:, :3].astype(np.float64)
     qimg = read_rgb(args.query, qcam)
     rimg = read_rgb(args.reference, rcam)
+    qimg, qcam = _limit_width(qimg, qcam, args.max_image_width)
+    rimg, rcam = _limit_width(rimg, rcam, args.max_image_width)
+    if qcam.model not in ENGINE_MODELS:  # the engine projects PINHOLE/OPENCV/FISHEYE models
+        qimg, qcam = undistort_to_pinhole(qimg, qcam)
     Xc = xyz @ T_ref[:3, :3].T + T_ref[:3, 3]
     uv, front = rcam.project(Xc)
     inside = (

@@ -208,7 +208,9 @@ def test_build_map_export_colmap_and_exclude(
     assert "(model points3D)" in out
     m2 = load_map(tmp_path / "c.nremap")
     assert m2.keyframe_names == m.keyframe_names
-    assert np.allclose(m2.points.xyz, m.points.xyz) and np.allclose(m2.points.xy, m.points.xy, atol=1e-4)
+    assert np.allclose(m2.points.xyz, m.points.xyz) and np.allclose(
+        m2.points.xy, m.points.xy, atol=1e-4
+    )
     assert np.array_equal(m2.points.track_lengths(), m.points.track_lengths())
 
 

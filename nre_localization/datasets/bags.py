@@ -51,7 +51,8 @@ def is_bag(path: Path) -> bool:
     return path.is_dir() and (path / "metadata.yaml").is_file()
 
 
-def _open(path: Path) -> Any:
+def open_bag(path: Path) -> Any:
+    """Open a ROS 1 bag, ROS 2 sqlite3 or mcap bag with rosbags' AnyReader (Jazzy typestore)."""
     from rosbags.highlevel import AnyReader
     from rosbags.typesys import Stores, get_typestore
 
@@ -69,7 +70,7 @@ def _open(path: Path) -> Any:
 
 def list_topics(path: Path) -> dict[str, tuple[str, int]]:
     """{topic: (message type, message count)} of a bag."""
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         out: dict[str, tuple[str, int]] = {}
         for c in reader.connections:
@@ -321,7 +322,7 @@ def load_bag_scene(
     Every ``every``-th image is kept. Names are ``<sec>.<nsec>.png`` of the header stamp.
     """
     path = Path(path)
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
         itype = _check_topic(path, topics, image_topic, IMAGE_TYPES, "image")
@@ -564,7 +565,7 @@ def write_scene_bag(
 
 def iter_bag_messages(path: Path, topic: str) -> Iterator[tuple[int, Any]]:
     """(bag time ns, deserialised message) of one topic (DatasetError if the topic is absent)."""
-    reader = _open(path)
+    reader = open_bag(path)
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
         if topic not in topics:

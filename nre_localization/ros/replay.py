@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from nre_localization.datasets.bags import open_bag
 from nre_localization.errors import DatasetError, NreError
 from nre_localization.ros import conversions as cv
 from nre_localization.ros.tf_buffer import TransformBuffer, TransformUnavailable
@@ -39,22 +40,6 @@ from nre_localization.ros.tf_buffer import TransformBuffer, TransformUnavailable
 DEFAULT_IMAGE_TOPIC = "/camera/image_raw"
 DEFAULT_INFO_TOPIC = "/camera/camera_info"
 DEFAULT_GT_TOPIC = "/ground_truth/pose"
-
-
-def _open(path: Path) -> Any:
-    from rosbags.highlevel import AnyReader
-    from rosbags.typesys import Stores, get_typestore
-
-    path = Path(path)
-    if not path.exists():
-        raise DatasetError(f"{path}: bag not found")
-    try:
-        reader = AnyReader([path], default_typestore=get_typestore(Stores.ROS2_JAZZY))
-        reader.open()
-    except Exception as err:  # rosbags raises many unrelated types for unreadable bags
-        first = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise DatasetError(f"{path}: cannot open as a ROS bag ({first})") from None
-    return reader
 
 
 def _pose_of(msg: Any, msgtype: str) -> np.ndarray:
@@ -101,7 +86,7 @@ def replay_offline(
     truth is moved to the camera through TF. ``on_frame(i, stamp, result, gt_T_map_cam)`` is
     called after each frame (progress printing).
     """
-    reader = _open(bag)
+    reader = open_bag(bag)
     out = OfflineResult()
     try:
         topics = {c.topic: c.msgtype for c in reader.connections}
@@ -345,7 +330,7 @@ def replay_live(
     if own_init:
         rclpy.init()
     node = rclpy.create_node(node_name)
-    reader = _open(bag)
+    reader = open_bag(bag)
     counts: dict[str, int] = {}
     try:
         if not reader.is2:

@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Hashable
+from dataclasses import replace
 
 import torch
 import torch.nn.functional as F
@@ -260,6 +261,26 @@ def _gnc(
             solver = "gauss_jordan"
         return _run((*base, solver), make_run(solver), inputs, config)[0]
     return make_run("cholesky")(*inputs)[0]
+
+
+def _fine_gnc(
+    xyz: torch.Tensor,
+    maps: InfoMaps,
+    camera: Camera,
+    sigmas: tuple[float, ...],
+    T0: torch.Tensor,
+    iterations: int,
+    config: SolverConfig,
+    stage: str,
+) -> torch.Tensor:
+    """Fine GNC schedule, then ``config.polish_iterations`` steps at its last sigma (tolerance
+    ``config.polish_tol``) so that the result sits at the minimum of the final smoothed cost."""
+    T = _gnc(xyz, maps, camera, sigmas, T0, iterations, config, stage)
+    n = config.polish_iterations
+    if n == 0:
+        return T
+    pcfg = replace(config, level_iterations=n, convergence_tol=config.polish_tol)
+    return _gnc(xyz, maps, camera, sigmas[-1:], T, n + 1, pcfg, "polish_" + stage)
 
 
 def _msac(
@@ -571,7 +592,7 @@ def _solve(
             T0 = prior.to(device=dev, dtype=torch.float64)
             fine = _fine_maps(query, points, coarse, camera, T0, config, alive, onehot)
             timer.lap("fine_maps")
-            T = _gnc(
+            T = _fine_gnc(
                 xyz,
                 fine,
                 camera,
@@ -604,7 +625,7 @@ def _solve(
         timer.lap("coarse_gnc")
         fine = _fine_maps(query, points, coarse, camera, T1, config, alive, onehot)
         timer.lap("fine_maps")
-        T = _gnc(
+        T = _fine_gnc(
             xyz,
             fine,
             camera,

@@ -108,6 +108,12 @@ class SolverConfig:
     level_iterations: int = 3  # steps per sigma level
     convergence_tol: float = 1e-4  # relative cost decrease below which a level is converged
     lambda_init: float = 1e-3
+    # Polish at the last fine sigma (global and tracking paths): majorise-minimise converges
+    # slowly on broad fine maps (the majoriser's curvature W_n >> the map's curvature), so the
+    # 3 steps of the last level stop well short of the minimum. Extra steps at that sigma, with
+    # their own (much smaller) relative-decrease tolerance; 0 disables.
+    polish_iterations: int = 30
+    polish_tol: float = 1e-7
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable
     # Fine GNC schedule of the tracking path (the prior is already within a few fine cells, so a
@@ -147,6 +153,7 @@ class SolverConfig:
             "coarse_iterations",
             "fine_iterations",
             "tracking_iterations",
+            "polish_iterations",
             "msac_score_points",
             "num_threads",
         ):
@@ -166,7 +173,7 @@ class SolverConfig:
                 raise bad(name, "must be non-increasing")
         if self.covariance_mode not in ("hessian", "majoriser"):
             raise bad("covariance_mode", "must be 'hessian' or 'majoriser'")
-        for name in ("covariance_scale", "lambda_init", "convergence_tol"):
+        for name in ("covariance_scale", "lambda_init", "convergence_tol", "polish_tol"):
             if getattr(self, name) <= 0:
                 raise bad(name, "must be > 0")
         if not 0 < self.max_cost_ratio <= 1:

@@ -403,9 +403,10 @@ def bilinear_info(
 ) -> torch.Tensor:
     """Bilinearly interpolated information at full-map cells ``[..., N, 2]`` -> ``[..., N]``.
 
-    Zero (i.e. cost ``ln|Omega'|`` exactly) for invalid projections (behind the camera, ...) and for
-    cells outside the full map (beyond the first/last cell centres). ``index [N]`` (optional) says
-    which maps the ``N`` points use (default: all maps, in order).
+    Zero (i.e. cost ``ln|Omega'|`` exactly) for invalid projections (behind the camera, ...), for
+    cells outside the full map (beyond the first/last cell centres) and for cells outside the
+    point's zero-padded window. ``index [N]`` (optional) says which maps the ``N`` points use
+    (default: all maps, in order).
     """
     hp, wp = int(maps.data.shape[1]), int(maps.data.shape[2])
     cx, cy = cells[..., 0], cells[..., 1]
@@ -413,10 +414,14 @@ def bilinear_info(
         valid & (cx >= 0) & (cy >= 0) & (cx <= maps.map_width - 1) & (cy <= maps.map_height - 1)
     )
     origin = maps.origin if index is None else maps.origin[index]
-    # Inside the map the window coordinates lie in [pad, pad + size - 1] (pad >= 1), so the four
-    # corners are in bounds; elsewhere read cell (0, 0) of the padding (zero) and mask anyway.
-    lx = torch.where(inside, cx - origin[:, 0] + maps.pad, 0.0)
-    ly = torch.where(inside, cy - origin[:, 1] + maps.pad, 0.0)
+    # Padded-window coordinates; a reprojection outside its own (zero-padded) window is truncated
+    # (fine windows are local: without this it would read a neighbouring window's cells). Masked
+    # points read cell (0, 0) of the padding (zero) and are masked anyway.
+    wx = cx - origin[:, 0] + maps.pad
+    wy = cy - origin[:, 1] + maps.pad
+    inside = inside & (wx >= 0) & (wy >= 0) & (wx <= wp - 2) & (wy <= hp - 2)
+    lx = torch.where(inside, wx, 0.0)
+    ly = torch.where(inside, wy, 0.0)
     x0, y0 = torch.floor(lx), torch.floor(ly)
     fx, fy = lx - x0, ly - y0
     base = y0.long() * wp + x0.long()

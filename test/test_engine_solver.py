@@ -280,6 +280,8 @@ def test_input_and_config_errors() -> None:
         {"covariance_mode": "x"},
         {"msac_hypotheses": 0},
         {"covariance_scale": 0.0},
+        {"polish_mode": "x"},
+        {"polish_iterations": -1},
     ):
         with pytest.raises(ConfigError):
             SolverConfig(**kwargs)

@@ -51,6 +51,7 @@ __all__ = [
     "gnc_radius",
     "gnc_schedule",
     "gnc_start",
+    "newton_polish",
 ]
 
 _FAR = -1.0e6  # window coordinate given to invalid reprojections (lands in the zero padding)
@@ -486,3 +487,84 @@ def _compiled_eval() -> Callable[..., _Eval]:
     if "eval" not in _COMPILED:
         _COMPILED["eval"] = cast(Callable[..., _Eval], torch.compile(_eval, dynamic=False))
     return _COMPILED["eval"]
+
+
+def _psd_point_hessians(sums: torch.Tensor, sigma: float, dev: torch.device) -> torch.Tensor:
+    """Exact ``2x2`` Hessians of the smoothed per-point cost w.r.t. the reprojection, projected to
+    PSD: window sums ``[N, 3, 3]`` (unscaled, see :func:`_eval`) -> ``[N, 2, 2]`` f64.
+
+    ``H = W I - S / sigma^2`` (``W``, ``S`` the scaled weight and second-moment sums); eigenvalues
+    ``mean +- rad`` clamped at 0 with the same eigenvectors: ``H+ = a I + c (H - mean I)``."""
+    n = int(sums.shape[0])
+    sc = 1.0 / (2.0 * math.pi * sigma**4)
+    q = sc / (sigma * sigma)
+    cmat = [[0.0] * 3 for _ in range(9)]  # flat (y power, x power) -> (mean, dev, h01)
+    cmat[0][0] = sc
+    cmat[2][0], cmat[6][0] = -0.5 * q, -0.5 * q
+    cmat[2][1], cmat[6][1] = -0.5 * q, 0.5 * q
+    cmat[4][2] = -q
+    P = sums.reshape(n, 9).to(_F64) @ const(cmat, _F64, dev)
+    rad = torch.linalg.vector_norm(P[:, 1:], dim=1)
+    lam = torch.addcmul(P[:, :1], rad[:, None], const([1.0, -1.0], _F64, dev)).clamp_min(0.0)
+    ac = lam @ const([[0.5, 0.5], [0.5, -0.5]], _F64, dev)  # (a, (l1 - l2) / 2)
+    c = ac[:, 1] / rad.clamp_min(1e-300)
+    Z = torch.cat([ac[:, :1], P[:, 1:] * c[:, None]], 1)
+    rows = [[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0], [0.0, 1.0, 1.0, 0.0]]
+    return (Z @ const(rows, _F64, dev)).view(n, 2, 2)
+
+
+def newton_polish(
+    problem: GncProblem,
+    T: torch.Tensor,
+    iterations: int,
+    tol: float,
+    lambda_init: float,
+    early_exit: bool = False,
+    linear_solver: str = "cholesky",
+) -> torch.Tensor:
+    """Damped Newton steps on the smoothed cost at the last sigma of ``problem``: ``T [4, 4]`` f64
+    -> refined ``T`` (f64). Static loop of ``iterations`` evaluations (CUDA-graph safe).
+
+    Curvature: ``H = sum_n J_n^T H_n+ J_n`` with ``H_n+`` the PSD-projected exact ``2x2`` Hessian
+    of the point's smoothed cost (the majoriser's ``W_n I`` overestimates it on broad maps, so its
+    steps are short); gradient ``-b`` from the same evaluation. Damping ``lambda diag(A)`` (``A``
+    the majoriser's normal matrix: positive wherever a point carries information); a step is kept
+    when it lowers the cost (``lambda`` halves, else quadruples); a relative decrease below ``tol``
+    stops the loop (the remaining steps are masked; the CPU skips them with ``early_exit``).
+    """
+    k = _consts(problem)
+    sg = problem.levels[-1]
+    dev = problem.xyz.device
+    xyz_h = _homogeneous(problem.xyz)
+    half, four = const(0.5, _F64, dev), const(4.0, _F64, dev)
+
+    def terms(Tb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        ev = _eval(problem, k, xyz_h, Tb[None], (sg,), True)
+        n = int(xyz_h.shape[0])
+        J = torch.where(ev.valid[0][:, None, None], ev.J[0], 0.0).to(_F64)  # [N, 2, 6]
+        Hp = _psd_point_hessians(ev.sums[0], sg, dev)
+        H = J.view(2 * n, 6).T @ torch.bmm(Hp, J).view(2 * n, 6)
+        M = ev.M[0]
+        return ev.cost[0], H, M[:6, 6], torch.diagonal(M[:6, :6])
+
+    T = T.to(_F64)
+    cost, H, b, dA = terms(T)
+    lam = const(float(lambda_init), _F64, dev)
+    active = k.true
+    for _ in range(max(0, iterations - 1)):
+        if early_exit and not bool(active):
+            break
+        damp = H + torch.diag_embed(lam * dA) + k.eps6
+        xi = _solve6(damp, b, linear_solver, k.eye6)
+        Tc = _retract(xi, T, k)
+        cn, Hn, bn, dAn = terms(Tc)
+        accept = (cn < cost) & active
+        small = accept & (cn > cost * (1.0 + tol))
+        T = torch.where(accept, Tc, T)
+        cost = torch.where(accept, cn, cost)
+        H = torch.where(accept, Hn, H)
+        b = torch.where(accept, bn, b)
+        dA = torch.where(accept, dAn, dA)
+        lam = torch.where(active, (lam * torch.where(accept, half, four)).clamp(1e-9, 1e9), lam)
+        active = active & ~small
+    return T

@@ -44,7 +44,13 @@ import torch.nn.functional as F
 
 from nre_localization.engine import graphs
 from nre_localization.engine.consts import const
-from nre_localization.engine.gnc import GncProblem, gnc_iterate, gnc_radius, gnc_start
+from nre_localization.engine.gnc import (
+    GncProblem,
+    gnc_iterate,
+    gnc_radius,
+    gnc_start,
+    newton_polish,
+)
 from nre_localization.engine.gnc import _consts as gnc_consts
 from nre_localization.engine.gnc import _eval as gnc_eval
 from nre_localization.engine.loss_maps import (
@@ -274,13 +280,65 @@ def _fine_gnc(
     stage: str,
 ) -> torch.Tensor:
     """Fine GNC schedule, then ``config.polish_iterations`` steps at its last sigma (tolerance
-    ``config.polish_tol``) so that the result sits at the minimum of the final smoothed cost."""
+    ``config.polish_tol``) so that the result sits at the minimum of the final smoothed cost:
+    damped Newton steps on the PSD-projected exact Hessian (``polish_mode="newton"``) or more
+    majorise-minimise steps (``"majoriser"``)."""
     T = _gnc(xyz, maps, camera, sigmas, T0, iterations, config, stage)
     n = config.polish_iterations
     if n == 0:
         return T
+    if config.polish_mode == "newton":
+        return _newton(xyz, maps, camera, sigmas[-1], T, n + 1, config, "newton_" + stage)
     pcfg = replace(config, level_iterations=n, convergence_tol=config.polish_tol)
     return _gnc(xyz, maps, camera, sigmas[-1:], T, n + 1, pcfg, "polish_" + stage)
+
+
+def _newton(
+    xyz: torch.Tensor,
+    maps: InfoMaps,
+    camera: Camera,
+    sigma: float,
+    T0: torch.Tensor,
+    iterations: int,
+    config: SolverConfig,
+    stage: str,
+) -> torch.Tensor:
+    """:func:`gnc.newton_polish` at ``sigma`` (one CUDA graph when enabled); returns ``T`` (f64)."""
+    radius = gnc_radius((sigma,))
+    dev = xyz.device
+    meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
+
+    def make_run(linear_solver: str) -> Stage:
+        def run(
+            x: torch.Tensor, data: torch.Tensor, origin: torch.Tensor, T: torch.Tensor
+        ) -> tuple[torch.Tensor]:
+            m = InfoMaps(data, origin, *meta)
+            prob = GncProblem(x, m, camera.cell_camera(maps.stride), (sigma,), radius)
+            early = x.device.type == "cpu"
+            Tn = newton_polish(
+                prob, T, iterations, config.polish_tol, config.lambda_init, early, linear_solver
+            )
+            return (Tn,)
+
+        return run
+
+    inputs = (xyz, maps.data, maps.origin, T0.to(torch.float64))
+    base = (
+        stage,
+        tuple(maps.data.shape),
+        meta,
+        camera,
+        sigma,
+        iterations,
+        config.polish_tol,
+        config.lambda_init,
+    )
+    if _use_graphs(dev, config):
+        solver = "cholesky"
+        if graphs.failed((*base, solver, dev.index)):
+            solver = "gauss_jordan"
+        return _run((*base, solver), make_run(solver), inputs, config)[0]
+    return make_run("cholesky")(*inputs)[0]
 
 
 def _msac(

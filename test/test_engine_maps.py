@@ -203,3 +203,23 @@ def test_query_validation() -> None:
         bad.validate()
     with pytest.raises(InputError):
         MapPoints(torch.zeros(5, 3), torch.zeros(5, 3), torch.zeros(5, 4)).validate(q)
+
+
+def test_reprojection_outside_its_own_window_costs_exactly_log_omega() -> None:
+    """Fine windows are local: a point whose reprojection leaves its own window must not read the
+    neighbouring point's window (stored next to it), but cost exactly ln|Omega'|."""
+    from nre_localization.engine.loss_maps import InfoMaps, bilinear_info, nre_cost
+
+    w, pad, log_omega = 5, 1, 9.0
+    data = torch.zeros(2, w + 2 * pad, w + 2 * pad)
+    data[0, pad : pad + w, pad : pad + w] = 1.0  # point 0: informative everywhere in its window
+    data[1, pad : pad + w, pad : pad + w] = 3.0  # point 1: a different value in its window
+    origin = torch.tensor([[0.0, 0.0], [w, 0.0]])  # windows side by side in the full map
+    maps = InfoMaps(data, origin, pad, map_height=20, map_width=20, stride=2, log_omega=log_omega)
+    valid = torch.ones(2, dtype=torch.bool)
+    inside = torch.tensor([[2.0, 2.0], [w + 2.0, 2.0]])  # each point in its own window
+    assert torch.allclose(bilinear_info(maps, inside, valid), torch.tensor([1.0, 3.0]))
+    # point 0 reprojects into point 1's window region, point 1 far outside its window
+    outside = torch.tensor([[w + 2.0, 2.0], [15.0, 15.0]])
+    assert torch.equal(bilinear_info(maps, outside, valid), torch.zeros(2))
+    assert torch.equal(nre_cost(maps, outside, valid), torch.full((2,), log_omega))

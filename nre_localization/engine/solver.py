@@ -223,7 +223,6 @@ def _gnc(
 ) -> torch.Tensor:
     """The fixed-schedule GNC loop (one CUDA graph when enabled); returns ``T`` (f64)."""
     radius = gnc_radius(sigmas)
-    dev = xyz.device
     meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
 
     def make_run(linear_solver: str) -> Stage:
@@ -260,8 +259,20 @@ def _gnc(
         config.lambda_init,
         config.compile_gnc,
     )
+    return _run_pose_stage(base, make_run, inputs, config)
+
+
+def _run_pose_stage(
+    base: tuple[Hashable, ...],
+    make_run: Callable[[str], Stage],
+    inputs: tuple[torch.Tensor, ...],
+    config: SolverConfig,
+) -> torch.Tensor:
+    """Run a pose-refinement stage (GNC, Newton polish) built by ``make_run(linear_solver)``;
+    returns its pose ``T`` (f64). With CUDA graphs: cuSOLVER's Cholesky first and, if that cannot
+    be captured, the unrolled solver (plain ops); eagerly: Cholesky."""
+    dev = inputs[0].device
     if _use_graphs(dev, config):
-        # cuSOLVER's Cholesky first; if it cannot be captured, the unrolled solver (plain ops).
         solver = "cholesky"
         if graphs.failed((*base, solver, dev.index)):
             solver = "gauss_jordan"
@@ -305,7 +316,6 @@ def _newton(
 ) -> torch.Tensor:
     """:func:`gnc.newton_polish` at ``sigma`` (one CUDA graph when enabled); returns ``T`` (f64)."""
     radius = gnc_radius((sigma,))
-    dev = xyz.device
     meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
 
     def make_run(linear_solver: str) -> Stage:
@@ -333,12 +343,7 @@ def _newton(
         config.polish_tol,
         config.lambda_init,
     )
-    if _use_graphs(dev, config):
-        solver = "cholesky"
-        if graphs.failed((*base, solver, dev.index)):
-            solver = "gauss_jordan"
-        return _run((*base, solver), make_run(solver), inputs, config)[0]
-    return make_run("cholesky")(*inputs)[0]
+    return _run_pose_stage(base, make_run, inputs, config)
 
 
 def _msac(

@@ -76,12 +76,22 @@ def test_every_stage_is_capture_safe(
     for key, fn, inputs in rec:
         chk = _check(fn, *inputs)
         assert not chk.violations, f"stage {key[0]}: {chk.violations[:3]}"
-        if key[0] in (f"coarse_{method}", f"fine_{method}") and cam.model == "PINHOLE":
-            # Launch-count guard: the fused GNC loop stays a few dozen kernels per slot.
-            assert chk.ops <= 62 * SolverConfig().fine_iterations, (key[0], chk.ops)
-        if key[0] == "finalize" and cam.model == "PINHOLE":
-            # One evaluation + batched covariance/verdict terms (was 170 kernels before fusing).
-            assert chk.ops <= 130, (key[0], chk.ops)
+        if cam.model != "PINHOLE":
+            continue
+        # Launch-count guards (every op is a kernel, ~2 us, in the captured graphs); measured
+        # counts in brackets, thresholds a few percent above.
+        if key[0] in (f"coarse_{method}", f"fine_{method}"):
+            # The fused GNC loop stays a few dozen kernels per slot [531 global, 369 tracking].
+            assert chk.ops <= 56 * SolverConfig().fine_iterations, (key[0], chk.ops)
+        if key[0] == f"newton_fine_{method}":
+            # 11 evaluations with packed accept/lambda bookkeeping [763; was 886].
+            assert chk.ops <= 790, (key[0], chk.ops)
+        if key[0] == f"msac_{method}":
+            # Vectorised P3P, host-side RNG key, one-gather bilinear scoring [599; was 922].
+            assert chk.ops <= 630, (key[0], chk.ops)
+        if key[0] == "finalize":
+            # One evaluation + batched covariance/verdict terms [99; was 170, then 130].
+            assert chk.ops <= 110, (key[0], chk.ops)
 
 
 def test_capture_check_catches_host_copies_and_syncs() -> None:

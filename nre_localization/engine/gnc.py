@@ -118,8 +118,8 @@ class _Consts:
     """Cached device constants of one problem (see :mod:`nre_localization.engine.consts`)."""
 
     off: torch.Tensor  # [K] f32 window offsets -r..r
-    off2d: torch.Tensor  # [K*K] int64 flat padded-window offsets of the window cells
-    wvec: torch.Tensor  # [2] f32 (1, padded width): flat index of a window centre
+    off2d: torch.Tensor  # [K*K] f32 flat padded-window offsets of the window cells (integers)
+    wvec: torch.Tensor  # [2, K*K] f32 rows 1, padded width: flat index of a window centre
     lo: torch.Tensor  # [2] f32 clamp bounds of window centres
     hi: torch.Tensor
     cmat: torch.Tensor | None  # [16, 14] monomials of (x, y, 1, 1/z) -> cells, J (PINHOLE)
@@ -213,8 +213,8 @@ def _consts(problem: GncProblem) -> _Consts:
     ret_u, ret_c, ret_v = _CAYLEY
     return _Consts(
         off=const([float(i) for i in range(-r, r + 1)], _F32, dev),
-        off2d=const(off2d, torch.int64, dev),
-        wvec=const([1.0, float(wp)], _F32, dev),
+        off2d=const([float(v) for v in off2d], _F32, dev),
+        wvec=const([[1.0] * (k * k), [float(wp)] * (k * k)], _F32, dev),
         lo=const([-r - 1.0, -r - 1.0], _F32, dev),
         hi=const([float(wwin + r), float(hwin + r)], _F32, dev),
         cmat=cmat,
@@ -270,7 +270,7 @@ def _eval(
         cells, J = G[..., :2], G[..., 2:].view(nb, n, 2, 6)
     else:
         cells, J, valid = problem.camera.project_jacobian(Xh[..., :3])
-    local = torch.where(valid[..., None], cells - maps.origin, _FAR)
+    local = torch.where(valid[..., None], cells - maps.origin, const(_FAR, _F32, dev))
     # Window [c - r, c + r]; far points are clamped to a window lying wholly in the zero padding.
     cen = torch.clamp(torch.round(local), k.lo, k.hi)
     d = (cen - local)[..., None] + k.off  # [B, N, 2, K]: q - p
@@ -280,14 +280,16 @@ def _eval(
     comps = [g, gd, gd * d] if hessian else [g, gd]
     c = len(comps)
     V = torch.stack(comps, 3)  # [B, N, 2 axes, C, K]
-    idx = torch.matmul(cen, k.wvec).long()[..., None] + k.off2d  # [B, N, K*K]
+    # Flat window indices [B, N, K*K] in one GEMM: small integers, exact in float32 (and TF32).
+    idx = torch.addmm(k.off2d, cen.reshape(nb * n, 2), k.wvec).long().view(nb, n, -1)
     a = maps.data.view(1, n, -1).expand(nb, n, -1).gather(2, idx)
     vx = V[:, :, 0].reshape(nb * n, c, kk)
     vy = V[:, :, 1].reshape(nb * n, c, kk)
     t1 = torch.bmm(a.view(nb * n, kk, kk), vx.transpose(1, 2))  # [BN, K, C]
     sums = torch.bmm(vy, t1).view(nb, n, c, c)
     W = sums[..., 0, 0]
-    res = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1)  # [B, N, 2]
+    # (sums[0, 1], sums[1, 0]): flat entries 1 and c of each c x c block (a view, no kernel).
+    res = sums.view(nb, n, c * c)[..., 1 : 2 * c - 1 : c - 1]  # [B, N, 2]
     Wc = W[..., None, None].expand(nb, n, 2, 1)
     L = torch.cat([J, k.one.expand(nb, n, 2, 1)], -1).to(_F64).view(nb, 2 * n, 7)
     R = torch.cat([J * Wc, res[..., None], Wc], -1).to(_F64).view(nb, 2 * n, 8)
@@ -455,7 +457,7 @@ def gnc_iterate(
             cost = torch.where(accept, cnew, cost)
             M = torch.where(accept, ev.M[0], M)
             fac = torch.where(accept, k.half, k.two)
-            lam = torch.where(active, (lam * fac).clamp(1e-9, 1e9), lam)
+            lam = (lam * fac).clamp(1e-9, 1e9)  # only read while active (else every step fails)
             active = active ^ small
         else:  # last step of a level: also evaluate at the next sigma (candidate and current)
             both = torch.stack([Tc, Tc, T])
@@ -538,33 +540,38 @@ def newton_polish(
     xyz_h = _homogeneous(problem.xyz)
     half, four = const(0.5, _F64, dev), const(4.0, _F64, dev)
 
-    def terms(Tb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    zero = const(0.0, _F32, dev)
+
+    def terms(Tb: torch.Tensor) -> torch.Tensor:
+        """Packed state ``[95]`` f64 of pose ``Tb``: ``(H + eps I, diag(A), T, b, cost)`` (one
+        ``where`` keeps or rejects all of it)."""
         ev = _eval(problem, k, xyz_h, Tb[None], (sg,), True)
         n = int(xyz_h.shape[0])
-        J = torch.where(ev.valid[0][:, None, None], ev.J[0], 0.0).to(_F64)  # [N, 2, 6]
+        J = torch.where(ev.valid[0][:, None, None], ev.J[0], zero).to(_F64)  # [N, 2, 6]
         Hp = _psd_point_hessians(ev.sums[0], sg, dev)
-        H = J.view(2 * n, 6).T @ torch.bmm(Hp, J).view(2 * n, 6)
+        H = torch.addmm(k.eps6, J.view(2 * n, 6).T, torch.bmm(Hp, J).view(2 * n, 6))
         M = ev.M[0]
-        return ev.cost[0], H, M[:6, 6], torch.diagonal(M[:6, :6])
+        parts = [H.view(36), (M[:6, :6] * k.eye6).view(36), Tb.view(16), M[:6, 6], ev.cost]
+        return torch.cat(parts)
 
-    T = T.to(_F64)
-    cost, H, b, dA = terms(T)
+    def unpack(st: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        H, D, T, b = st[:36].view(6, 6), st[36:72].view(6, 6), st[72:88].view(4, 4), st[88:94]
+        return H, D, T, b, st[94]
+
+    st = terms(T.to(_F64))
     lam = const(float(lambda_init), _F64, dev)
     active = k.true
     for _ in range(max(0, iterations - 1)):
         if early_exit and not bool(active):
             break
-        damp = H + torch.diag_embed(lam * dA) + k.eps6
-        xi = _solve6(damp, b, linear_solver, k.eye6)
-        Tc = _retract(xi, T, k)
-        cn, Hn, bn, dAn = terms(Tc)
+        H, D, T, b, cost = unpack(st)
+        xi = _solve6(torch.addcmul(H, D, lam), b, linear_solver, k.eye6)  # H + lam diag(A)
+        sn = terms(_retract(xi, T, k))
+        cn = sn[94]
         accept = (cn < cost) & active
         small = accept & (cn > cost * (1.0 + tol))
-        T = torch.where(accept, Tc, T)
-        cost = torch.where(accept, cn, cost)
-        H = torch.where(accept, Hn, H)
-        b = torch.where(accept, bn, b)
-        dA = torch.where(accept, dAn, dA)
-        lam = torch.where(active, (lam * torch.where(accept, half, four)).clamp(1e-9, 1e9), lam)
-        active = active & ~small
-    return T
+        st = torch.where(accept, sn, st)
+        # lambda is only read while active (an inactive loop rejects every step).
+        lam = (lam * torch.where(accept, half, four)).clamp(1e-9, 1e9)
+        active = active ^ small  # small implies accept implies active
+    return unpack(st)[2]

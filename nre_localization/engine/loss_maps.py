@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from nre_localization.engine.consts import const
 from nre_localization.engine.types import MapPoints, QueryFeatures, SolverConfig
 
 __all__ = [
@@ -409,32 +410,35 @@ def bilinear_info(
     (default: all maps, in order).
     """
     hp, wp = int(maps.data.shape[1]), int(maps.data.shape[2])
-    cx, cy = cells[..., 0], cells[..., 1]
-    inside = (
-        valid & (cx >= 0) & (cy >= 0) & (cx <= maps.map_width - 1) & (cy <= maps.map_height - 1)
-    )
+    dev, dt = cells.device, cells.dtype
     origin = maps.origin if index is None else maps.origin[index]
     # Padded-window coordinates; a reprojection outside its own (zero-padded) window is truncated
     # (fine windows are local: without this it would read a neighbouring window's cells). Masked
     # points read cell (0, 0) of the padding (zero) and are masked anyway.
-    wx = cx - origin[:, 0] + maps.pad
-    wy = cy - origin[:, 1] + maps.pad
-    inside = inside & (wx >= 0) & (wy >= 0) & (wx <= wp - 2) & (wy <= hp - 2)
-    lx = torch.where(inside, wx, 0.0)
-    ly = torch.where(inside, wy, 0.0)
-    x0, y0 = torch.floor(lx), torch.floor(ly)
-    fx, fy = lx - x0, ly - y0
-    base = y0.long() * wp + x0.long()
+    w = cells - origin + maps.pad  # [..., N, 2]
+    # Inside the full map (between the first and last cell centres) and inside the window, one
+    # comparison pass over (cx, cy, wx, wy).
+    hi = const(
+        [maps.map_width - 1.0, maps.map_height - 1.0, wp - 2.0, hp - 2.0], dt, dev
+    )  # exact integers
+    cw = torch.cat([cells, w], -1)
+    inside = valid & ((cw >= 0) & (cw <= hi)).all(-1)
+    lxy = torch.where(inside[..., None], w, const(0.0, dt, dev))
+    l0 = torch.floor(lxy)
+    frac = lxy - l0
+    il = l0.long()
+    base = il[..., 1] * wp + il[..., 0]
     if index is None:
-        base = base + torch.arange(maps.data.shape[0], device=cells.device) * (hp * wp)
+        base = base + torch.arange(maps.data.shape[0], device=dev) * (hp * wp)
     else:
         base = base + index * (hp * wp)
-    flat = maps.data.view(-1)
-    v00, v01 = torch.take(flat, base), torch.take(flat, base + 1)
-    v10, v11 = torch.take(flat, base + wp), torch.take(flat, base + wp + 1)
-    top = v00 + fx * (v01 - v00)
-    bot = v10 + fx * (v11 - v10)
-    return (top + fy * (bot - top)) * inside
+    # The four corners in one gather: (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
+    corners = base[..., None] + const([0, 1, wp, wp + 1], torch.int64, dev)
+    v = torch.take(maps.data.view(-1), corners)  # [..., N, 4]
+    v0, v1 = v[..., 0::2], v[..., 1::2]  # x0 / x0 + 1 columns of rows (y0, y0 + 1)
+    tb = v0 + frac[..., :1] * (v1 - v0)  # (top, bottom)
+    top, bot = tb[..., 0], tb[..., 1]
+    return (top + frac[..., 1] * (bot - top)) * inside
 
 
 def nre_cost(

@@ -45,7 +45,7 @@ def _sample_triplets(
     dup = ((s[:, :, None] == s[:, None, :]) & earlier).any(-1)
     rank = torch.cumsum((~dup).to(torch.int64), 1)  # 1-based rank among distinct draws
     first = (~dup) & (rank <= 3)
-    pos = torch.where(first, rank - 1, torch.full_like(rank, 3))
+    pos = torch.where(first, rank - 1, const(3, rank.dtype, device))
     out = torch.zeros((n_hyp, 4), dtype=s.dtype, device=device).scatter_(1, pos, s)[:, :3]
     return out, rank[:, -1] >= 3
 
@@ -76,7 +76,7 @@ def score_poses(
         uvw = torch.baddbmm(P[:, :, 3:], P[:, :, :3], xyz.t().expand(h, 3, m))  # [H, 3, M]
         z = uvw[:, 2]
         valid = z > 1e-6
-        inv = torch.where(valid, 1.0 / z, torch.zeros_like(z))
+        inv = torch.where(valid, 1.0 / z, const(0.0, z.dtype, z.device))
         cells = (uvw[:, :2] * inv[:, None]).transpose(1, 2)  # [H, M, 2]
     else:
         Xc = (Rf.reshape(-1, 3) @ xyz.t()).view(h, 3, m) + tf[:, :, None]  # one GEMM
@@ -121,7 +121,7 @@ def msac_p3p(
     cand = torch.topk(-ent, k_max).indices  # lowest entropy first; padding has +inf
     rank = torch.arange(k_max, device=dev)
     weight = (coarse.log_omega - ent[cand]).clamp_min(1e-3)
-    weight = torch.where(rank < k_use, weight, torch.zeros_like(weight))
+    weight = torch.where(rank < k_use, weight, const(0.0, weight.dtype, dev))
     trip, tok = _sample_triplets(weight, n_hyp, config.seed, dev)
     trip = cand[trip]  # [B, 3] distinct points
     # One Newton polish step: the closed-form depths are already accurate (GNC refines anyway).
@@ -137,7 +137,7 @@ def msac_p3p(
     m = config.msac_score_points
     m = n if m <= 0 else min(m, n)
     pkey = hash_uniform((n,), config.seed, 2, dev, torch.float32)
-    pkey = torch.where(torch.arange(n, device=dev) < n_alive, pkey, torch.full_like(pkey, 2.0))
+    pkey = torch.where(torch.arange(n, device=dev) < n_alive, pkey, const(2.0, pkey.dtype, dev))
     sub = torch.argsort(pkey)[:m]
     xs = xyz[sub]
     scores = []
@@ -147,10 +147,11 @@ def msac_p3p(
     for s in range(0, R.shape[0], chunk):
         scores.append(score_poses(R[s : s + chunk], t[s : s + chunk], xs, info, ccam, sub))
     score = torch.cat(scores).to(torch.float64)
-    score = torch.where(ok, score, torch.full_like(score, math.inf))
+    inf = const(math.inf, torch.float64, dev)
+    score = torch.where(ok, score, inf)
     top = torch.topk(-score, min(config.msac_refine_top, score.shape[0])).indices
     full = score_poses(R[top], t[top], xyz, info, ccam).to(torch.float64)
-    full = torch.where(ok[top], full, torch.full_like(full, math.inf))
+    full = torch.where(ok[top], full, inf)
     best = top.gather(0, torch.argmin(full).view(1))  # [1], no host sync
     best_cost = full.min()
     Rb = R.index_select(0, best)[0]

@@ -28,6 +28,15 @@ def _hash32(x: torch.Tensor) -> torch.Tensor:
     return x ^ (x >> 16)
 
 
+def _hash32_int(x: int) -> int:
+    """:func:`_hash32` of a Python int (same bits; computed on the host, no kernels)."""
+    x ^= x >> 16
+    x = (x * 0x7FEB352D) & _MASK32
+    x ^= x >> 15
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
 def hash_uniform(
     shape: tuple[int, ...], seed: int, stream: int, device: torch.device | str, dtype: torch.dtype
 ) -> torch.Tensor:
@@ -37,14 +46,7 @@ def hash_uniform(
     for s in shape:
         n *= s
     idx = torch.arange(n, device=device, dtype=torch.int64)
-    key = _hash32(
-        torch.full(
-            (1,),
-            (seed * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32,
-            device=device,
-            dtype=torch.int64,
-        )
-    )
+    key = _hash32_int((seed * 0x9E3779B1 + stream * 0x85EBCA77) & _MASK32)  # host: no kernels
     h = _hash32((_hash32(idx ^ key) + key) & _MASK32)
     u = ((h >> 9).to(torch.float64) + 0.5) / float(1 << 23)  # exact in float32, never 0 or 1
     return u.to(dtype).view(shape)

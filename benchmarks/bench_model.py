@@ -5,7 +5,7 @@ For each variant (fp32 eager; fp16 / bf16 with BN folding + channels-last; the s
 graph; optionally torch.compile) it reports p50 / p90 milliseconds per forward of one image
 (default 640x480) and, for reduced precision, the agreement with fp32: mean / minimum cosine
 similarity of the descriptors per cell and the fraction of coarse cells whose nearest neighbour in a
-second image is unchanged. Needs only torch (+ safetensors for the weights).
+second image is unchanged (near-ties within 1e-3 count as unchanged). Needs only torch (+ safetensors for the weights).
 
     .venv/bin/python benchmarks/bench_model.py --device cpu --iters 10
     python3 benchmarks/bench_model.py --device cuda --out build/bench_model.json   # GPU host
@@ -20,7 +20,8 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
@@ -34,6 +35,7 @@ from nre_localization.model.network import (  # noqa: E402
 # Agreement tolerances of reduced precision vs fp32 (checked, reported as "ok").
 MIN_MEAN_COS = 0.999
 MIN_NN_AGREE = 0.98
+NN_TIE_REL = 1e-3  # fp16 carries ~11 significant bits: 2^-10 ~ 1e-3
 
 
 def _sync(device: torch.device) -> None:
@@ -60,29 +62,54 @@ def _pct(v: list[float], q: float) -> float:
 
 
 def _agreement(ref: dict, got: dict, ref2: dict, got2: dict) -> dict[str, float]:
+    """Cosine similarity per cell and coarse nearest-neighbour agreement of ``got`` vs ``ref``.
+
+    ``coarse_nn_agree``: fraction of coarse cells of image 1 whose nearest neighbour among the
+    cells of image 2 is the same cell. ``coarse_nn_agree_tol`` (the checked figure) also accepts a
+    different neighbour whose fp32 score is within ``NN_TIE_REL`` of the best fp32 score (relative
+    to the largest possible score, ``scale^2``): a near-tie that reduced precision cannot resolve
+    and that changes no loss map beyond the same tolerance.
+    """
     res: dict[str, float] = {}
     for k in ("coarse", "fine"):
         cos = torch.nn.functional.cosine_similarity(ref[k].float(), got[k].float(), dim=1)
         res[f"{k}_mean_cos"] = float(cos.mean())
         res[f"{k}_min_cos"] = float(cos.min())
-    # nearest neighbour of every coarse cell of image 1 among the cells of image 2
-    d1, d2 = ref["coarse"][0].flatten(1), ref2["coarse"][0].flatten(1)
+    d1, d2 = ref["coarse"][0].float().flatten(1), ref2["coarse"][0].float().flatten(1)
     g1, g2 = got["coarse"][0].float().flatten(1), got2["coarse"][0].float().flatten(1)
-    nn_ref = (d1.T @ d2).argmax(1)
+    s_ref = d1.T @ d2  # [cells 1, cells 2] fp32 scores
+    best, nn_ref = s_ref.max(1)
     nn_got = (g1.T @ g2).argmax(1)
+    picked = s_ref.gather(1, nn_got[:, None])[:, 0]
+    full = float(d1.norm(dim=0).max() * d2.norm(dim=0).max())
     res["coarse_nn_agree"] = float((nn_ref == nn_got).float().mean())
+    res["coarse_nn_agree_tol"] = float((best - picked <= NN_TIE_REL * full).float().mean())
     res["ok"] = float(
         res["coarse_mean_cos"] >= MIN_MEAN_COS
         and res["fine_mean_cos"] >= MIN_MEAN_COS
-        and res["coarse_nn_agree"] >= MIN_NN_AGREE
+        and res["coarse_nn_agree_tol"] >= MIN_NN_AGREE
     )
     return res
 
 
 def _test_images(h: int, w: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two natural-ish images: smooth random fields + edges (deterministic)."""
+    """Two real overlapping frames (demo_data/tum_fr2_desk, resized to ``h x w``) when readable,
+    else two deterministic synthetic fields (smooth random colours + texture)."""
+    ims: list[torch.Tensor] = []
+    frames = sorted((ROOT / "demo_data" / "tum_fr2_desk" / "rgb").glob("*.jpg"))
+    if len(frames) >= 2:
+        try:
+            import cv2
+
+            for f in frames[:2]:
+                bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                rgb = cv2.resize(bgr, (w, h), interpolation=cv2.INTER_AREA)[:, :, ::-1].copy()
+                t = torch.from_numpy(rgb).permute(2, 0, 1)[None].float() / 255.0
+                ims.append(t.to(device))
+            return ims[0], ims[1]
+        except ImportError:
+            ims = []
     g = torch.Generator().manual_seed(0)
-    ims = []
     for _ in range(2):
         low = torch.rand(1, 3, h // 16 + 1, w // 16 + 1, generator=g)
         x = torch.nn.functional.interpolate(low, size=(h, w), mode="bicubic", align_corners=False)

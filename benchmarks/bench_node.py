@@ -10,22 +10,31 @@ Modes:
 - ``ros`` (needs rclpy + tf2_msgs): the node runs as its own process; this process publishes
   ``Image`` + ``CameraInfo`` + TF over DDS and times each frame from just before ``publish()`` to
   the arrival of its ``PoseWithCovarianceStamped`` (so both DDS hops are included). A second phase
-  publishes at ``--rate`` Hz and reports the rate the node sustains and the frames it dropped.
-- ``inproc`` (no ROS needed: the GPU host): the node's per-frame path in one process, on a
+  publishes ``--stream-frames`` frames at ``--rate`` Hz and reports (``stream`` in the JSON) the
+  frames published and the publisher's real rate, the poses received and the output rate
+  (``output_rate_hz``: between the first and the last pose; ``sustained_rate_hz``: poses / (last
+  pose arrival - first publish)), the node's own counters from ``/diagnostics``
+  (received, dropped: the node keeps only the newest pending frame, processed, declined), the
+  frames lost in transport (published - received by the node), the latency under that load, and
+  ``no_frame_dropped`` (every frame got its pose).
+- ``inproc`` (no ROS needed): the node's per-frame path in one process, on a
   message object with the Image fields: decode (``image_to_rgb``) -> undistort -> Localizer ->
   covariance conversion -> pose fields. Everything the node does except the DDS transport
   (measured here: about 2 ms for a 640x480 rgb8 image on this machine's shared memory).
 - ``auto``: ``ros`` when rclpy and tf2_msgs import, else ``inproc``.
 
-Writes ``build/bench/bench_node_<mode>_<device>.json`` and prints a Markdown summary.
+Writes ``build/bench/bench_node_<mode>_<device>.json`` (or ``--out``) and prints a Markdown
+summary.
 
     .venv/bin/python benchmarks/bench_node.py                       # this machine (CPU)
-    python benchmarks/bench_node.py --mode inproc --device cuda     # GPU host
+    benchmarks/device_node_bench.sh $OUT/node_dds_cuda.json         # GPU host, both modes (ROS
+                                                                    # from carried wheels)
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -43,6 +52,14 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 DATA = ROOT / "demo_data" / "tum_fr2_desk"
 OUT = ROOT / "build" / "bench"
+# /diagnostics counters of the node (nre_localization.ros.diagnostics.NodeStats.snapshot).
+_DIAG_COUNTERS = (
+    "frames_received",
+    "frames_processed",
+    "frames_dropped",
+    "poses_published",
+    "rejected_total",
+)
 
 
 def _pct(a: list[float]) -> dict[str, float | None]:
@@ -292,6 +309,7 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
             lock = threading.Lock()
             arrived: dict[int, float] = {}
             diag: dict[str, str] = {}
+            diag_seq = [0]  # /diagnostics messages of the node received so far
 
             def on_pose(m: Any) -> None:
                 with lock:
@@ -303,9 +321,17 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
                         if st.name.endswith(": localizer"):
                             diag.clear()
                             diag.update({kv.key: kv.value for kv in st.values})
+                            diag_seq[0] += 1
 
+            # Transient local like the node's publisher; a deep queue, so that no pose of the
+            # 30 Hz stream is overwritten in this process before the callback takes it.
+            pose_qos = QoSProfile(
+                depth=100,
+                reliability=ReliabilityPolicy.RELIABLE,
+                durability=DurabilityPolicy.TRANSIENT_LOCAL,
+            )
             node.create_subscription(
-                PoseWithCovarianceStamped, "/pose_with_covariance", on_pose, latched
+                PoseWithCovarianceStamped, "/pose_with_covariance", on_pose, pose_qos
             )
             node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, rel)
             ex = SingleThreadedExecutor()
@@ -352,49 +378,118 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
                     pub_img.publish(img)
                     return t
 
+                def done_without_pose(stamp: int) -> bool:
+                    """The node finished ``stamp`` (diagnostics) and no pose came: declined."""
+                    with lock:
+                        if stamp in arrived:
+                            return False
+                        last = float(diag.get("last_frame_stamp", 0.0) or 0.0)
+                    return last >= stamp * 1e-9 - 1e-6
+
                 # Phase 1: one frame at a time (latency).
                 lat = []
                 sched = schedule(frames, args.frames + args.warmup)
                 for j, (i, stamp) in enumerate(sched):
                     t_pub = send(i, stamp)
+                    t_done: list[float] = []
+
+                    def finished(s: int = stamp, t_done: list[float] = t_done) -> bool:
+                        if s in arrived:
+                            return True
+                        if done_without_pose(s):  # give a pose in flight 50 ms to land
+                            t_done.append(time.perf_counter())
+                            return time.perf_counter() - t_done[0] > 0.05
+                        return False
+
                     try:
-                        wait_until(lambda s=stamp: s in arrived, 30.0, interval=0.0005)
+                        wait_until(finished, 30.0, interval=0.0005)
                     except AssertionError:
                         continue
-                    if j >= args.warmup:
+                    if j >= args.warmup and stamp in arrived:
                         lat.append(arrived[stamp] - t_pub)
                 time.sleep(0.5)
                 result["latency_tracking"] = _pct(lat)
                 result["declined"] = args.frames - len(lat)
                 with lock:
                     result["node_diagnostics"] = dict(diag)
-                # Phase 2: a stream at --rate Hz.
-                with lock:
-                    d0 = int(diag.get("frames_dropped", 0))
-                    n0 = len(arrived)
+
+                # Phase 2: a stream at --rate Hz (the node keeps only the newest pending frame:
+                # the rest are dropped and counted on /diagnostics).
+                def counters() -> dict[str, int]:
+                    with lock:
+                        return {k: int(float(diag.get(k, 0) or 0)) for k in _DIAG_COUNTERS}
+
+                def fresh_diag(n: int = 2, timeout: float = 3.0) -> None:
+                    with lock:
+                        seq0 = diag_seq[0]
+                    with contextlib.suppress(AssertionError):
+                        wait_until(lambda: diag_seq[0] >= seq0 + n, timeout, what="diagnostics")
+
+                fresh_diag()
+                c0 = counters()
                 t_last = sched[-1][1]
                 n = args.stream_frames
                 sched2 = [
                     (i, t_last + (k + 1) * 100_000_000)
                     for k, (i, _) in enumerate(schedule(frames, n))
                 ]
+                sent: dict[int, float] = {}
+                lateness = []
                 t0 = time.perf_counter()
                 for k, (i, stamp) in enumerate(sched2):
                     target = t0 + k / args.rate
-                    while time.perf_counter() < target:
-                        time.sleep(0.0005)
-                    send(i, stamp)
-                wall = time.perf_counter() - t0
-                time.sleep(2.0)
+                    while (now := time.perf_counter()) < target:
+                        time.sleep(min(0.0005, target - now))
+                    lateness.append(time.perf_counter() - target)
+                    sent[stamp] = send(i, stamp)
+                t_sent_end = time.perf_counter()
+
+                def stream_poses() -> list[int]:
+                    with lock:
+                        return [s for s in sent if s in arrived]
+
+                # Drain: until the last frame is answered or nothing new arrives for 1 s.
+                last_n, last_change = -1, time.perf_counter()
+                while time.perf_counter() - t_sent_end < 15.0:
+                    got = stream_poses()
+                    if sched2[-1][1] in arrived:
+                        break
+                    if len(got) != last_n:
+                        last_n, last_change = len(got), time.perf_counter()
+                    elif time.perf_counter() - last_change > 1.0:
+                        break
+                    time.sleep(0.02)
+                fresh_diag()
+                c1 = counters()
+                got = stream_poses()
                 with lock:
-                    poses = len(arrived) - n0
-                    dropped = int(diag.get("frames_dropped", 0)) - d0
+                    t_arr = [arrived[s] for s in got]
+                    lat2 = [arrived[s] - sent[s] for s in got]
+                d = {k: c1[k] - c0[k] for k in _DIAG_COUNTERS}
+                t_arr.sort()
+                pub_span = max(sent.values()) - min(sent.values()) if n > 1 else 0.0
+                out_span = t_arr[-1] - t_arr[0] if len(t_arr) > 1 else 0.0
+                window = (t_arr[-1] - t0) if t_arr else 0.0
                 result["stream"] = {
                     "input_rate_hz": args.rate,
                     "frames_sent": n,
-                    "poses_received": poses,
-                    "frames_dropped_by_node": dropped,
-                    "sustained_rate_hz": poses / wall,
+                    "publish_rate_hz": (n - 1) / pub_span if pub_span > 0 else None,
+                    "publish_lateness_max_ms": float(max(lateness) * 1e3) if lateness else None,
+                    "poses_received": len(got),
+                    "frames_without_pose": n - len(got),
+                    "frames_received_by_node": d["frames_received"],
+                    "frames_lost_in_transport": n - d["frames_received"],
+                    "frames_dropped_by_node": d["frames_dropped"],
+                    "frames_processed_by_node": d["frames_processed"],
+                    "poses_published_by_node": d["poses_published"],
+                    "frames_declined_by_node": d["frames_processed"] - d["poses_published"],
+                    "messages_rejected_by_node": d["rejected_total"],
+                    # poses per second between the first and the last pose received
+                    "output_rate_hz": (len(t_arr) - 1) / out_span if out_span > 0 else 0.0,
+                    # poses received / (last pose arrival - first frame published)
+                    "sustained_rate_hz": len(t_arr) / window if window > 0 else 0.0,
+                    "no_frame_dropped": len(got) == n and d["frames_dropped"] == 0,
+                    "latency": _pct(lat2),
                 }
             finally:
                 stop = True
@@ -415,6 +510,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-frames", type=int, default=60)
     ap.add_argument("--map", type=Path, help="use this map instead of building the demo map")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    ap.add_argument(
+        "--out", type=Path, help="JSON path (default build/bench/bench_node_<mode>_<device>.json)"
+    )
     a = ap.parse_args(argv)
     import torch
 
@@ -434,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     map_path = get_map(str(dev), a.map)
     res = bench_ros(a, map_path) if mode == "ros" else bench_inproc(a, map_path)
     res.update(
+        date=time.strftime("%Y-%m-%d %H:%M:%S %z"),
+        argv=sys.argv[1:] if argv is None else list(argv),
+        python=platform.python_version(),
+        torch=torch.__version__,
         device=str(dev),
         device_name=torch.cuda.get_device_name(dev)
         if dev.type == "cuda"
@@ -444,8 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         max_map_points=a.points,
         frames=a.frames,
     )
-    OUT.mkdir(parents=True, exist_ok=True)
-    out = OUT / f"bench_node_{mode}_{dev.type}.json"
+    out = a.out or OUT / f"bench_node_{mode}_{dev.type}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(res, indent=2) + "\n")
     lt = res["latency_tracking"]
     print(f"## bench_node ({mode}, {res['device_name']}, {dev})")
@@ -461,9 +563,14 @@ def main(argv: list[str] | None = None) -> int:
         )
     if "stream" in res:
         s = res["stream"]
+        sl = s["latency"]
         print(
-            f"stream at {s['input_rate_hz']:g} Hz: {s['poses_received']}/{s['frames_sent']} poses, "
-            f"{s['frames_dropped_by_node']} dropped, sustained {s['sustained_rate_hz']:.1f} Hz"
+            f"stream at {s['input_rate_hz']:g} Hz (published at {fmt(s['publish_rate_hz'])} Hz): "
+            f"{s['poses_received']}/{s['frames_sent']} poses, output {s['output_rate_hz']:.1f} Hz; "
+            f"node: {s['frames_received_by_node']} received, {s['frames_dropped_by_node']} dropped, "
+            f"{s['frames_declined_by_node']} declined; {s['frames_lost_in_transport']} lost in "
+            f"transport; latency p50 {fmt(sl['p50_ms'])} / p99 {fmt(sl['p99_ms'])} ms; "
+            f"no frame dropped: {s['no_frame_dropped']}"
         )
     print(f"wrote {out}")
     return 0

@@ -1,11 +1,16 @@
 """NRE training: loss (eq. 10) against a hand computation, windowed loss, exact homographic pairs,
-a few optimisation steps, and the time-budgeted loop with checkpoint + resume."""
+card and room scenes (exact correspondences, occlusions excluded), the fast rendering path against
+the legacy one, a few optimisation steps, the time-budgeted loop with checkpoint + resume, and the
+same loop under torchrun with two CPU processes (DDP over gloo)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -16,15 +21,29 @@ import torch
 
 from nre_localization.geometry.cells import bilinear_sample, cells_inside, pixel_to_cell
 from nre_localization.model.network import DescriptorNet, ModelConfig, load_model, save_weights
-from nre_localization.training.loop import TrainConfig, train
+from nre_localization.training.loop import (
+    PairStream,
+    TrainConfig,
+    _lr_factor,
+    legacy_pairs,
+    make_val_set,
+    train,
+)
 from nre_localization.training.loss import dense_nre_loss, window_nre_loss, window_origins
-from nre_localization.training.pairs import PairConfig, make_pair, photometric
-from nre_localization.training.scenes import make_scene_pair
-from nre_localization.training.step import LossConfig, batch_losses, pairs_to_tensors
+from nre_localization.training.pairs import PairConfig, Photo, _warp, make_pair, photometric
+from nre_localization.training.scenes import make_room_pair, make_scene_pair
+from nre_localization.training.step import (
+    LossConfig,
+    batch_losses,
+    batch_to_device,
+    collate_pairs,
+    pairs_to_tensors,
+)
 
 torch.set_num_threads(2)
 SHARED = Path(__file__).parents[1] / ".." / "shared" / "data"
 STAIRS = SHARED / "7scenes_stairs_sample"
+ROOT = Path(__file__).parents[1]
 SMALL = ModelConfig(coarse_dim=32, coarse_hidden=64, fine_widths=(8, 16, 32, 64), fine_dim=32)
 
 
@@ -110,23 +129,16 @@ def test_homographic_pairs_have_exact_correspondences() -> None:
     assert np.array_equal(again["image_b"], pair["image_b"])
 
 
-def test_scene_pairs_have_exact_correspondences_and_exclude_occlusions() -> None:
+@pytest.mark.parametrize("fast", [True, False])
+def test_scene_pairs_have_exact_correspondences_and_exclude_occlusions(fast: bool) -> None:
     photos = _real_photos()
-    cfg = PairConfig(height=96, width=128, n_points=600, photometric=False)
+    cfg = PairConfig(height=96, width=128, n_points=600, photometric=False, fast=fast)
     rng = np.random.default_rng(4)
     pairs = [p for p in (make_scene_pair(photos, rng, cfg, n_cards=3) for _ in range(6)) if p]
     assert len(pairs) >= 3
     for pair in pairs:
-        v = pair["valid"]
-        a = pair["image_a"].astype(np.float32)
-        b = pair["image_b"].astype(np.float32)
-        va = np.stack(
-            [cv2.getRectSubPix(a, (1, 1), tuple(map(float, p)))[0, 0] for p in pair["pts_a"][v]]
-        )
-        vb = np.stack(
-            [cv2.getRectSubPix(b, (1, 1), tuple(map(float, p)))[0, 0] for p in pair["pts_b"][v]]
-        )
-        assert np.abs(va - vb).mean() < 0.35 * np.abs(va - np.roll(vb, 7, axis=0)).mean()
+        err, shuffled = _sample_error(pair)
+        assert err < 0.35 * shuffled
     # with a translating camera the cards move relative to the background: some points are
     # occluded (invisible in B although they project inside it) and were excluded
     inside = [((p["pts_b"] >= 0) & (p["pts_b"] <= [127, 95])).all(1) & ~p["valid"] for p in pairs]
@@ -138,6 +150,116 @@ def test_photometric_degradation_changes_images_but_keeps_shape() -> None:
     out = photometric(photo, np.random.default_rng(3), PairConfig())
     assert out.shape == photo.shape and out.dtype == np.uint8
     assert np.abs(out.astype(int) - photo.astype(int)).mean() > 1.0
+
+
+def _sample_error(pair: dict) -> tuple[float, float]:
+    """Mean colour difference at the valid correspondences, and the same with shuffled partners."""
+    v = pair["valid"]
+    a = pair["image_a"].astype(np.float32)
+    b = pair["image_b"].astype(np.float32)
+    va = np.stack(
+        [cv2.getRectSubPix(a, (1, 1), tuple(map(float, p)))[0, 0] for p in pair["pts_a"][v]]
+    )
+    vb = np.stack(
+        [cv2.getRectSubPix(b, (1, 1), tuple(map(float, p)))[0, 0] for p in pair["pts_b"][v]]
+    )
+    return float(np.abs(va - vb).mean()), float(np.abs(va - np.roll(vb, 7, axis=0)).mean())
+
+
+def test_room_pairs_have_exact_correspondences_parallax_and_occlusion() -> None:
+    photos = _real_photos()
+    textures = [p[:200, :240].copy() for p in photos]  # stand-in material textures
+    cfg = PairConfig(height=96, width=128, n_points=600, photometric=False)
+    rng = np.random.default_rng(7)
+    pairs = [make_room_pair(photos, textures, rng, cfg, n_boxes=2, n_panels=2) for _ in range(8)]
+    pairs = [p for p in pairs if p is not None and p["valid"].mean() > 0.1]
+    assert len(pairs) >= 4
+    for pair in pairs:
+        err, shuffled = _sample_error(pair)
+        assert err < 0.35 * shuffled
+    # several planes at different depths: the A -> B motion is not one homography (parallax)
+    resid = []
+    for pair in pairs:
+        v = pair["valid"]
+        h, _ = cv2.findHomography(pair["pts_a"][v], pair["pts_b"][v], 0)
+        proj = cv2.perspectiveTransform(pair["pts_a"][v][None].astype(np.float64), h)[0]
+        resid.append(float(np.median(np.linalg.norm(proj - pair["pts_b"][v], axis=1))))
+    assert max(resid) > 1.0
+    # some points project inside B but are hidden there (occluded): excluded
+    inside = [((p["pts_b"] >= 0) & (p["pts_b"] <= [127, 95])).all(1) & ~p["valid"] for p in pairs]
+    assert sum(int(x.sum()) for x in inside) > 0
+
+
+def test_fast_rendering_path_matches_the_legacy_path() -> None:
+    """Pyramid warps render what the legacy exact resize renders (up to filtering), and the
+    LUT/noise-field photometrics keep the legacy statistics."""
+    photo = _real_photos()[0]
+    pyr = Photo(photo)
+    assert pyr.levels[0] is photo and len(pyr.levels) > 2
+    assert pyr.level_for(1.2) == 0 and pyr.level_for(2.0) == 1 and pyr.level_for(3.5) == 2
+    cfg = PairConfig(height=96, width=128)
+    for zoom in (0.8, 2.5, 5.0):  # output pixel -> photo pixel scale
+        hmat = np.array([[zoom, 0.1, 20.0], [-0.05, zoom, 10.0], [0, 0, 1]])
+        fast = _warp(pyr, hmat, cfg).astype(np.float32)
+        slow = _warp(photo, hmat, replace(cfg, fast=False)).astype(np.float32)
+        assert np.abs(fast - slow).mean() < 6.0
+    img = cv2.resize(photo, (128, 96))
+    f = [photometric(img, np.random.default_rng(i), cfg).mean() for i in range(40)]
+    s = [
+        photometric(img, np.random.default_rng(i), replace(cfg, fast=False)).mean()
+        for i in range(40)
+    ]
+    assert abs(np.mean(f) - np.mean(s)) < 0.15 * np.mean(s)
+    # the legacy path stays available and deterministic
+    leg = legacy_pairs(cfg)
+    assert not leg.fast and leg.min_src_per_px == 0.0
+    a = make_pair(photo, np.random.default_rng(1), leg)
+    b = make_pair(photo, np.random.default_rng(1), leg)
+    assert np.array_equal(a["image_a"], b["image_a"])
+
+
+def test_validation_sets_use_the_legacy_path(tmp_path: Path) -> None:
+    data = _tiny_data(tmp_path / "data")
+    cfg = PairConfig(height=64, width=96, n_points=64)
+    val = make_val_set(data, cfg, 3)
+    photo = cv2.cvtColor(cv2.imread(str(data / "photos" / "val" / "3.jpg")), cv2.COLOR_BGR2RGB)
+    ref = make_pair(photo, np.random.default_rng(1234), legacy_pairs(cfg))
+    assert np.array_equal(val[0]["image_b"], ref["image_b"])
+    assert len(make_val_set(data, cfg, 2, kind="scenes")) == 2
+    assert len(make_val_set(data, cfg, 2, kind="room")) == 2
+
+
+def test_pair_streams_differ_per_rank_and_collate_to_tensors() -> None:
+    photos = _real_photos()
+    root = Path(__file__).parents[1] / "build" / "test_streams"
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    files = []
+    for i, p in enumerate(photos[:2]):
+        files.append(root / f"{i}.jpg")
+        cv2.imwrite(str(files[-1]), cv2.cvtColor(p, cv2.COLOR_RGB2BGR))
+    cfg = PairConfig(height=64, width=96, n_points=32)
+    first = [next(iter(PairStream(files, cfg, [0, rank, 0]))) for rank in (0, 1, 0)]
+    assert not np.array_equal(first[0]["image_a"], first[1]["image_a"])
+    assert np.array_equal(first[0]["image_a"], first[2]["image_a"])
+    batch = collate_pairs(first[:2])
+    assert batch["images"].dtype == torch.uint8 and batch["images"].shape == (4, 64, 96, 3)
+    assert batch["gen_ms"].shape == (2,)
+    images, pa, pb, v = batch_to_device(batch, torch.device("cpu"))
+    ref = pairs_to_tensors(first[:2], torch.device("cpu"))
+    for x, y in zip((images, pa, pb, v), ref, strict=True):
+        assert torch.equal(x, y)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def test_lr_schedule_restarts_at_the_resumed_step() -> None:
+    cfg = TrainConfig(plan_minutes=10.0, warmup_steps=200, restart_warmup_steps=50)
+    assert _lr_factor(0.0, 500, cfg, False) == pytest.approx(1.0)
+    assert _lr_factor(600.0, 500, cfg, False) == pytest.approx(0.05)
+    # continuing a finished cumulative schedule: the floor; a restart: full cosine again
+    assert _lr_factor(1200.0, 500, cfg, False) == pytest.approx(0.05)
+    assert _lr_factor(1200.0, 500, cfg, False, origin_s=1200.0) == pytest.approx(1.0)
+    assert _lr_factor(1200.0, 0, cfg, False, origin_s=1200.0) == pytest.approx(1.0 / 50)
 
 
 def _batch(n_pairs: int = 2) -> list[dict]:
@@ -247,3 +369,50 @@ def test_train_loop_checkpoints_and_resumes(tmp_path: Path) -> None:
     assert (
         load_model(export).fingerprint() == load_model(run / "ckpt_last.safetensors").fingerprint()
     )
+
+
+def test_train_loop_under_torchrun_with_two_cpu_processes(tmp_path: Path) -> None:
+    """DDP end to end (gloo): both ranks train, only rank 0 validates and writes, and a second
+    torchrun run resumes from the first one's checkpoint."""
+    data = _tiny_data(tmp_path / "data")
+    torch.manual_seed(0)
+    init = tmp_path / "init.safetensors"
+    save_weights(DescriptorNet(SMALL), init)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    cmd += [str(ROOT / "tools" / "train.py"), "--data", str(data), "--init", str(init)]
+    cmd += ["--max-steps", "2", "--batch", "1", "--workers", "1", "--height", "64", "--width", "96"]
+    cmd += ["--points", "64", "--val-pairs", "2", "--val-room-pairs", "1", "--log-every", "1"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    runs = []
+    for name, extra in (
+        ("run1", []),
+        ("run2", ["--resume", "CKPT", "--restart-schedule", "--no-shm"]),
+    ):
+        extra = [
+            str(tmp_path / "run1" / "ckpt_last.safetensors") if x == "CKPT" else x for x in extra
+        ]
+        res = subprocess.run(
+            [*cmd, "--out", str(tmp_path / name), *extra],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+            cwd=ROOT,
+        )
+        log = res.stdout + res.stderr
+        assert res.returncode == 0, log[-4000:]
+        assert "rank 0/2 (local 0): cpu cpu, gloo" in log and "rank 1/2 (local 1)" in log
+        assert log.count("VAL step") == 2  # rank 0 only: before and after training
+        runs.append(json.loads((tmp_path / name / "summary.json").read_text()))
+        rows = list(csv.DictReader((tmp_path / name / "log.csv").open()))
+        assert len(rows) == 2  # one writer
+        assert sorted(p.name for p in (tmp_path / name).iterdir()) == [
+            "ckpt_last.safetensors",
+            "ckpt_last_optim.pt",
+            "log.csv",
+            "log.jsonl",
+            "summary.json",
+            "val.csv",
+        ]
+    assert runs[0]["step"] == 2 and runs[1]["step"] == 4
+    assert np.isfinite(runs[1]["valroom_loss_fine"])

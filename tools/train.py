@@ -7,8 +7,11 @@ Needs only torch, numpy, opencv, safetensors. Typical use on a GPU host, from th
     # next chunk (after copying run/ckpt_last* into .train_ckpt/):
     PYTHONUNBUFFERED=1 python3 tools/train.py --data .traindata --out $OUT/run \\
         --resume .train_ckpt/ckpt_last.safetensors --max-minutes 8
-    # several GPUs of one host:
-    torchrun --standalone --nproc_per_node 2 tools/train.py --data .traindata --out $OUT/run
+    # several GPUs of one host (DDP; --batch and --workers are per process; NCCL on CUDA, gloo on
+    # CPU); tools/device_train.sh wraps this for the lent GPU host:
+    torchrun --standalone --nproc_per_node 2 tools/train.py --data .traindata --out $OUT/run \\
+        --resume .train_ckpt/ckpt_last.safetensors --restart-schedule --plan-minutes 8 \\
+        --max-minutes 8 --workers 14 --ckpt-minutes 2
 
 Other modes:
     --make-init  write the pretrained initialisation (ImageNet MobileNetV2 + ALIKE-n) to --init
@@ -80,8 +83,29 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=d.max_steps)
     ap.add_argument("--batch", type=int, default=d.batch, help="pairs per GPU per step")
     ap.add_argument("--lr", type=float, default=d.lr)
-    ap.add_argument("--workers", type=int, default=d.workers)
+    ap.add_argument("--workers", type=int, default=d.workers, help="loader workers per process")
+    ap.add_argument(
+        "--no-shm", action="store_true", help="batches through pipes, not /dev/shm (small shm)"
+    )
     ap.add_argument("--ckpt-every", type=int, default=d.ckpt_every)
+    ap.add_argument(
+        "--ckpt-minutes",
+        type=float,
+        default=d.ckpt_minutes,
+        help="also checkpoint every this many wall-clock minutes (0 = off)",
+    )
+    ap.add_argument(
+        "--restart-schedule",
+        action="store_true",
+        help="cosine LR restart at the resumed step over --plan-minutes of this run",
+    )
+    ap.add_argument("--val-room-pairs", type=int, default=d.val_room_pairs)
+    ap.add_argument(
+        "--p-scene", type=float, default=d.pair.p_scene, help="fraction of card-scene pairs"
+    )
+    ap.add_argument(
+        "--p-room", type=float, default=d.pair.p_room, help="fraction of room-scene pairs"
+    )
     ap.add_argument("--val-every", type=int, default=d.val_every)
     ap.add_argument("--val-pairs", type=int, default=d.val_pairs)
     ap.add_argument("--log-every", type=int, default=d.log_every)
@@ -127,7 +151,11 @@ def main() -> None:
         batch=a.batch,
         lr=a.lr,
         workers=a.workers,
+        shm_batches=not a.no_shm,
         ckpt_every=a.ckpt_every,
+        ckpt_minutes=a.ckpt_minutes,
+        restart_schedule=a.restart_schedule,
+        val_room_pairs=a.val_room_pairs,
         val_every=a.val_every,
         val_pairs=a.val_pairs,
         log_every=a.log_every,
@@ -135,7 +163,9 @@ def main() -> None:
         amp=not a.no_amp,
         freeze_coarse=a.freeze_coarse,
         freeze_fine_block1=not a.train_fine_block1,
-        pair=PairConfig(height=a.height, width=a.width, n_points=a.points),
+        pair=PairConfig(
+            height=a.height, width=a.width, n_points=a.points, p_scene=a.p_scene, p_room=a.p_room
+        ),
     )
     train(cfg, export=a.export)
 

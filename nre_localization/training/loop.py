@@ -7,16 +7,27 @@ valid for :func:`model.network.load_model`) plus ``ckpt_last_optim.pt`` (AdamW s
 
 Outputs under ``out``: ``ckpt_last*.{safetensors,pt}``, ``log.csv`` (training, every
 ``log_every`` steps), ``val.csv`` (validation), ``log.jsonl`` (both), ``summary.json``.
+
+Data (``data``, tools/make_training_data.py): ``photos/{train,val}`` (real photographs) and, where
+present, ``textures/{train,val}`` (photographed materials for the 3D scenes' surfaces). Each step's
+pairs mix homographic pairs, card scenes and room scenes (``PairConfig.p_scene`` / ``p_room``).
+
+Several GPUs (``torchrun --nproc_per_node N``): DistributedDataParallel, NCCL on CUDA and gloo on
+CPU; ``batch`` pairs *per process* (the effective batch is ``N * batch``; the learning rate is not
+scaled with N); every process has its own loader workers (``workers``) whose random streams are
+seeded by (seed, rank, worker, resume step), so ranks never draw the same pairs; only rank 0
+validates, logs and writes checkpoints.
 """
 
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import cv2
@@ -26,9 +37,22 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from nre_localization.model.network import DescriptorNet, load_model, save_weights
-from nre_localization.training.pairs import PairConfig, list_photos, make_pair, read_photo
-from nre_localization.training.scenes import make_scene_pair
-from nre_localization.training.step import LossConfig, batch_losses, pairs_to_tensors
+from nre_localization.training.pairs import (
+    PairConfig,
+    Photo,
+    PhotoLike,
+    list_photos,
+    make_pair,
+    read_photo,
+)
+from nre_localization.training.scenes import make_room_pair, make_scene_pair
+from nre_localization.training.step import (
+    LossConfig,
+    batch_losses,
+    batch_to_device,
+    collate_pairs,
+    pairs_to_tensors,
+)
 
 
 @dataclass
@@ -45,11 +69,22 @@ class TrainConfig:
     lr_scale_mult: float = 10.0  # LR multiplier of the two log-temperature scalars
     weight_decay: float = 1e-4
     warmup_steps: int = 200  # after a fresh optimizer
-    workers: int = 8
+    workers: int = 8  # loader workers per process
+    # batches from the workers as shared-memory tensors (pinned, async copies); False: NumPy
+    # arrays through pipes (hosts whose /dev/shm is small: tools/device_train.sh checks)
+    shm_batches: bool = True
     ckpt_every: int = 500
+    ckpt_minutes: float = 0.0  # also checkpoint every this many wall-clock minutes (0 = off)
     log_every: int = 25
     val_every: int = 500
     val_pairs: int = 48
+    val_room_pairs: int = (
+        24  # room-scene validation pairs on the held-out photos/textures (0 = off)
+    )
+    # restart the cosine schedule at the resumed step (warm restart over plan_minutes of *this*
+    # run's training time, short warm-up) instead of continuing the cumulative one
+    restart_schedule: bool = False
+    restart_warmup_steps: int = 50
     seed: int = 0
     amp: bool = True  # bf16 autocast on CUDA
     # Frozen low-level layers (generic pretrained filters): no backward through the high-resolution
@@ -62,10 +97,18 @@ class TrainConfig:
 
 
 class PairStream(IterableDataset):
-    """Endless random pairs from the training photos; seeded by (seed, rank, worker)."""
+    """Endless random pairs from the training photos (and textures); seeded by (seed, worker),
+    where ``seed`` already holds the rank and the resume step."""
 
-    def __init__(self, files: list[Path], cfg: PairConfig, seed: int) -> None:
+    def __init__(
+        self,
+        files: list[Path],
+        cfg: PairConfig,
+        seed: list[int],
+        textures: list[Path] | None = None,
+    ) -> None:
         self.files, self.cfg, self.seed = files, cfg, seed
+        self.textures = textures or []
 
     def __iter__(self):  # noqa: ANN204 (a generator of pair dicts)
         info = get_worker_info()
@@ -73,18 +116,31 @@ class PairStream(IterableDataset):
         if info is not None:  # one thread per worker: the workers already fill the cores
             cv2.setNumThreads(1)
             torch.set_num_threads(1)
-        rng = np.random.default_rng([self.seed, wid])
-        photos = [read_photo(f) for f in self.files]
+        rng = np.random.default_rng([*self.seed, wid])
+        photos = [Photo(read_photo(f)) for f in self.files]
+        textures = [Photo(read_photo(f)) for f in self.textures]
         while True:
-            yield sample_pair(photos, rng, self.cfg)
+            t0 = time.perf_counter()
+            pair = sample_pair(photos, rng, self.cfg, textures)
+            pair["gen_ms"] = 1e3 * (time.perf_counter() - t0)  # loader diagnostics (log.csv)
+            yield pair
 
 
-def sample_pair(photos: list[np.ndarray], rng: np.random.Generator, cfg: PairConfig) -> dict:
-    """A 3D scene pair with probability ``cfg.p_scene``, else a homographic pair. A sample that
-    fails (degenerate random geometry) is replaced by another one, never raised into training."""
+def sample_pair(
+    photos: list[PhotoLike],
+    rng: np.random.Generator,
+    cfg: PairConfig,
+    textures: list[PhotoLike] | None = None,
+) -> dict:
+    """A room-scene pair with probability ``cfg.p_room``, a card-scene pair with ``cfg.p_scene``,
+    else a homographic pair. A sample that fails (degenerate random geometry) is replaced by
+    another one, never raised into training."""
     for _ in range(20):
         try:
-            if rng.random() < cfg.p_scene:
+            u = rng.random()
+            if u < cfg.p_room:
+                pair = make_room_pair(photos, textures or [], rng, cfg)
+            elif u < cfg.p_room + cfg.p_scene:
                 pair = make_scene_pair(photos, rng, cfg)
             else:
                 pair = make_pair(photos[int(rng.integers(len(photos)))], rng, cfg)
@@ -93,10 +149,6 @@ def sample_pair(photos: list[np.ndarray], rng: np.random.Generator, cfg: PairCon
         if pair is not None and pair["valid"].mean() > 0.1:
             return pair
     return make_pair(photos[int(rng.integers(len(photos)))], rng, cfg)
-
-
-def _collate(batch: list[dict]) -> list[dict]:
-    return batch
 
 
 def _synced(device: torch.device, sync: bool) -> float:
@@ -112,19 +164,51 @@ def _dist_info() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def legacy_pairs(cfg: PairConfig) -> PairConfig:
+    """``cfg`` on the original rendering path (bit-identical pairs to the first runs' code)."""
+    return replace(cfg, fast=False, min_src_per_px=0.0)
+
+
 def make_val_set(
-    data: Path, cfg: PairConfig, n: int, seed: int = 1234, scenes: bool = False
+    data: Path,
+    cfg: PairConfig,
+    n: int,
+    seed: int = 1234,
+    scenes: bool = False,
+    kind: str | None = None,
 ) -> list[dict]:
-    """Fixed validation pairs from the held-out photos (deterministic for a given seed):
-    homographic pairs, or 3D scene pairs (training/scenes.py) with ``scenes``."""
+    """Fixed validation pairs from the held-out photos (deterministic for a given seed).
+
+    ``kind`` "homography" (default): homographic pairs; "scenes" (or ``scenes=True``): card-scene
+    pairs. Both are rendered on the legacy path (:func:`legacy_pairs`) from ``photos/val``, so they
+    are the very pairs of every earlier run (curves compare across data and code changes).
+    "room": room-scene pairs (fast path) from ``photos/val`` and ``textures/val`` (if present).
+    """
+    kind = kind or ("scenes" if scenes else "homography")
     files = list_photos(data / "photos" / "val")
     photos = [read_photo(f) for f in files]
     rng = np.random.default_rng(seed)
-    if not scenes:
-        return [make_pair(photos[i % len(photos)], rng, cfg) for i in range(n)]
+    if kind == "homography":
+        leg = legacy_pairs(cfg)
+        return [make_pair(photos[i % len(photos)], rng, leg) for i in range(n)]
     out: list[dict] = []
-    while len(out) < n:
-        pair = make_scene_pair(photos, rng, cfg)
+    if kind == "scenes":
+        leg = legacy_pairs(cfg)
+        while len(out) < n:
+            pair = make_scene_pair(photos, rng, leg)
+            if pair is not None and pair["valid"].mean() > 0.1:
+                out.append(pair)
+        return out
+    if kind != "room":
+        raise ValueError(f"unknown validation kind {kind!r}")
+    tdir = data / "textures" / "val"
+    textures = [Photo(read_photo(f)) for f in list_photos(tdir)] if tdir.is_dir() else []
+    pyr = [Photo(p) for p in photos]
+    fast = replace(cfg, fast=True)
+    for _ in range(50 * n):
+        if len(out) >= n:
+            break
+        pair = make_room_pair(pyr, textures, rng, fast)
         if pair is not None and pair["valid"].mean() > 0.1:
             out.append(pair)
     return out
@@ -156,14 +240,19 @@ def evaluate(
 
 
 def _validate(
-    net: DescriptorNet, val: list[dict], val3d: list[dict], cfg: TrainConfig, device: torch.device
+    net: DescriptorNet, sets: dict[str, list[dict]], cfg: TrainConfig, device: torch.device
 ) -> dict[str, float]:
-    """Homographic validation (``val_*``) and 3D-scene validation (``val3d_*``)."""
-    res = evaluate(net, val, cfg, device)
-    if val3d:
-        res.update(
-            {k.replace("val_", "val3d_"): v for k, v in evaluate(net, val3d, cfg, device).items()}
-        )
+    """Every validation set: homographic (``val_*``), card scenes (``val3d_*``), rooms
+    (``valroom_*``)."""
+    res: dict[str, float] = {}
+    for prefix, pairs in sets.items():
+        if pairs:
+            res.update(
+                {
+                    k.replace("val_", prefix + "_"): v
+                    for k, v in evaluate(net, pairs, cfg, device).items()
+                }
+            )
     return res
 
 
@@ -181,11 +270,17 @@ def freeze_low_level(net: DescriptorNet, coarse_blocks: int, fine_block1: bool) 
     return n
 
 
-def _lr_factor(train_s: float, step_in_run: int, cfg: TrainConfig, fresh_optim: bool) -> float:
-    frac = min(train_s / max(cfg.plan_minutes * 60.0, 1.0), 1.0)
+def _lr_factor(
+    train_s: float, step_in_run: int, cfg: TrainConfig, fresh_optim: bool, origin_s: float = 0.0
+) -> float:
+    """Cosine from 1 to 0.05 over ``plan_minutes`` of training time since ``origin_s`` (0, or the
+    resumed time with ``restart_schedule``), with a linear warm-up after a fresh optimizer (or a
+    short one at a restart)."""
+    frac = min((train_s - origin_s) / max(cfg.plan_minutes * 60.0, 1.0), 1.0)
     f = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * frac))
-    if fresh_optim and step_in_run < cfg.warmup_steps:
-        f *= (step_in_run + 1) / cfg.warmup_steps
+    warm = cfg.warmup_steps if fresh_optim else (cfg.restart_warmup_steps if origin_s > 0 else 0)
+    if step_in_run < warm:
+        f *= (step_in_run + 1) / warm
     return f
 
 
@@ -206,6 +301,10 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
     data = Path(cfg.data)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+    if world > 1:
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+        backend = dist.get_backend()
+        print(f"rank {rank}/{world} (local {local_rank}): {device} {name}, {backend}", flush=True)
 
     start_from = cfg.resume or cfg.init
     net = load_model(start_from, "cpu").to(device)
@@ -242,25 +341,46 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
         print(f"trainable parameters {n_train}, frozen {frozen}", flush=True)
     model: torch.nn.Module = net
     if world > 1:
+        # gradient_as_bucket_view: gradients live in the all-reduce buckets (no copy, no stride
+        # mismatch warnings for the depthwise kernels)
         model = torch.nn.parallel.DistributedDataParallel(
-            net, device_ids=[local_rank] if device.type == "cuda" else None
+            net,
+            device_ids=[local_rank] if device.type == "cuda" else None,
+            gradient_as_bucket_view=True,
         )
 
     files = list_photos(data / "photos" / "train")
-    stream = PairStream(files, cfg.pair, seed=cfg.seed * 1_000_003 + step * 7919 + rank)
+    tdir = data / "textures" / "train"
+    textures = list_photos(tdir) if tdir.is_dir() else []
+    stream = PairStream(files, cfg.pair, seed=[cfg.seed, rank, step], textures=textures)
     loader = DataLoader(
         stream,
         batch_size=cfg.batch,
         num_workers=cfg.workers,
-        collate_fn=_collate,
-        pin_memory=device.type == "cuda",
+        collate_fn=functools.partial(collate_pairs, as_numpy=not cfg.shm_batches),
+        pin_memory=device.type == "cuda" and cfg.shm_batches,
         persistent_workers=cfg.workers > 0,
-        prefetch_factor=4 if cfg.workers > 0 else None,
+        prefetch_factor=3 if cfg.workers > 0 else None,
         # spawn, not fork: a forked child deadlocks on the parent's OpenMP / OpenCV thread pools
         multiprocessing_context="spawn" if cfg.workers > 0 else None,
     )
-    val = make_val_set(data, cfg.pair, cfg.val_pairs) if rank == 0 else []
-    val3d = make_val_set(data, cfg.pair, cfg.val_pairs // 2, scenes=True) if rank == 0 else []
+    val_sets: dict[str, list[dict]] = {}
+    if rank == 0:
+        print(
+            f"world {world}, device {device}, {len(files)} photos, {len(textures)} textures, "
+            f"{cfg.workers} loader workers per process, batch {cfg.batch} per process",
+            flush=True,
+        )
+        val_sets = {
+            "val": make_val_set(data, cfg.pair, cfg.val_pairs),
+            "val3d": make_val_set(data, cfg.pair, cfg.val_pairs // 2, kind="scenes"),
+        }
+        if cfg.val_room_pairs > 0:
+            val_sets["valroom"] = make_val_set(
+                data, cfg.pair, cfg.val_room_pairs, seed=4321, kind="room"
+            )
+    origin_s = train_s if cfg.restart_schedule else 0.0
+    t_ckpt = time.time()
     gen = torch.Generator().manual_seed(cfg.seed + step + 17 * rank)
     logs = _Logs(out) if rank == 0 else None
     budget_s = cfg.max_minutes * 60.0
@@ -270,7 +390,7 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
     last_val: dict[str, float] = {}
     t_chunk = time.time()
     if logs is not None:
-        last_val = _validate(net, val, val3d, cfg, device)
+        last_val = _validate(net, val_sets, cfg, device)
         logs.val(step, train_s, last_val)
     it = iter(loader)
     times: dict[str, float] = {}
@@ -288,10 +408,10 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
         except Exception as err:  # a loader worker died: keep what was trained so far
             print(f"data loader failed ({type(err).__name__}: {err}); saving, stopping", flush=True)
             break
-        images, pa, pb, v = pairs_to_tensors(batch, device)
+        images, pa, pb, v = batch_to_device(batch, device)
         t_data = time.time() - t0
         probe = logs is not None and (step + 1) % cfg.log_every == 0  # synced timing breakdown
-        f = _lr_factor(train_s, run_steps, cfg, fresh)
+        f = _lr_factor(train_s, run_steps, cfg, fresh, origin_s)
         for g, base in zip(opt.param_groups, base_lrs, strict=True):
             g["lr"] = base * f
         with torch.autocast(device.type, torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
@@ -308,6 +428,7 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
         if probe:
             times = {
                 "data_s": t_data,
+                "gen_ms_pair": float(np.mean(np.asarray(batch.get("gen_ms", 0.0)))),
                 "fwd_s": t_fwd - t0 - t_data,
                 "loss_s": t_loss - t_fwd,
                 "bwd_s": t_bwd - t_loss,
@@ -331,15 +452,17 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
             logs.train(step, train_s, row)
             acc_hist = {k: [] for k in acc_hist}
         if logs is not None and step % cfg.val_every == 0:
-            last_val = _validate(net, val, val3d, cfg, device)
+            last_val = _validate(net, val_sets, cfg, device)
             logs.val(step, train_s, last_val)
-        if rank == 0 and step % cfg.ckpt_every == 0:
+        due = cfg.ckpt_minutes > 0 and time.time() - t_ckpt > cfg.ckpt_minutes * 60.0
+        if rank == 0 and (step % cfg.ckpt_every == 0 or due):
             save_checkpoint(net, opt, step, train_s, out, cfg)
+            t_ckpt = time.time()
 
     summary: dict[str, float] = {}
     if rank == 0:
         if step % cfg.val_every != 0 or not last_val:
-            last_val = _validate(net, val, val3d, cfg, device)
+            last_val = _validate(net, val_sets, cfg, device)
             assert logs is not None
             logs.val(step, train_s, last_val)
         save_checkpoint(net, opt, step, train_s, out, cfg)

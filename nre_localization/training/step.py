@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -121,16 +122,40 @@ def batch_losses(
     return stats
 
 
+def collate_pairs(batch: list[dict], as_numpy: bool = False) -> dict:
+    """:func:`training.pairs.make_pair` dicts -> CPU tensors: ``images`` uint8 ``[2B, H, W, 3]``
+    (all A then all B), ``pts_a`` / ``pts_b`` ``[B, N, 2]``, ``valid`` ``[B, N]``. Run in the loader
+    workers: tensors travel through shared memory (/dev/shm) and can be pinned; ``as_numpy`` keeps
+    NumPy arrays (pickled through a pipe: for hosts with a small /dev/shm)."""
+    out = {
+        "images": np.stack([p["image_a"] for p in batch] + [p["image_b"] for p in batch]),
+        "pts_a": np.stack([p["pts_a"] for p in batch]),
+        "pts_b": np.stack([p["pts_b"] for p in batch]),
+        "valid": np.stack([p["valid"] for p in batch]),
+    }
+    if all("gen_ms" in p for p in batch):  # worker-side generation time per pair (diagnostics)
+        out["gen_ms"] = np.array([float(p["gen_ms"]) for p in batch])
+    if as_numpy:
+        return out
+    return {k: torch.from_numpy(v) for k, v in out.items()}
+
+
+def batch_to_device(
+    batch: dict, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """A :func:`collate_pairs` batch -> images ``[2B, 3, H, W]`` float in [0, 1], pts_a, pts_b,
+    valid on ``device`` (uint8 is copied, the float conversion runs on the device)."""
+    t = {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in batch.items()}
+    images = t["images"].to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
+    pts_a = t["pts_a"].to(device, non_blocking=True)
+    pts_b = t["pts_b"].to(device, non_blocking=True)
+    valid = t["valid"].to(device, non_blocking=True)
+    return images, pts_a, pts_b, valid
+
+
 def pairs_to_tensors(
     batch: list[dict], device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Collate :func:`training.pairs.make_pair` dicts -> images ``[2B, 3, H, W]`` float in [0, 1]
     (all A then all B), pts_a / pts_b ``[B, N, 2]``, valid ``[B, N]``, on ``device``."""
-    imgs = [torch.from_numpy(p["image_a"]) for p in batch] + [
-        torch.from_numpy(p["image_b"]) for p in batch
-    ]
-    images = torch.stack(imgs).to(device, non_blocking=True).permute(0, 3, 1, 2).float() / 255.0
-    pts_a = torch.stack([torch.from_numpy(p["pts_a"]) for p in batch]).to(device)
-    pts_b = torch.stack([torch.from_numpy(p["pts_b"]) for p in batch]).to(device)
-    valid = torch.stack([torch.from_numpy(p["valid"]) for p in batch]).to(device)
-    return images, pts_a, pts_b, valid
+    return batch_to_device(collate_pairs(batch), device)

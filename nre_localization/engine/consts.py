@@ -8,16 +8,20 @@ table on the target device the first time it is asked for (the graph's eager war
 capture) and returns the cached tensor afterwards (no kernel, no copy). The cache is keyed by the
 values, dtype and device; it holds at most ``_MAX`` entries (least recently used dropped; a
 captured graph keeps its own references, see :func:`live`).
+
+Inside a region traced by ``torch.compile`` the cache is bypassed: the table becomes a literal of the
+compiled graph (Inductor builds it on the device once, at compile time, and folds scalars into the
+kernels), so the compiled code neither copies from the host per call nor guards on this cache.
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Hashable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 
 import torch
 
-__all__ = ["clear", "const", "live"]
+__all__ = ["cached", "clear", "const", "live"]
 
 _MAX = 512
 _CACHE: OrderedDict[Hashable, torch.Tensor] = OrderedDict()
@@ -38,6 +42,8 @@ def const(values: Nested, dtype: torch.dtype, device: torch.device | str) -> tor
     same tensor. Callers must not modify it in place.
     """
     dev = torch.device(device)
+    if torch.compiler.is_compiling():
+        return torch.tensor(values, dtype=dtype, device=dev)
     key = (_freeze(values), dtype, dev.type, dev.index)
     t = _CACHE.get(key)
     if t is not None:
@@ -45,6 +51,28 @@ def const(values: Nested, dtype: torch.dtype, device: torch.device | str) -> tor
         return t
     t = torch.tensor(values, dtype=dtype, device=dev)
     _CACHE[key] = t
+    if len(_CACHE) > _MAX:
+        _CACHE.popitem(last=False)
+    return t
+
+
+def cached(
+    key: Hashable, device: torch.device | str, build: Callable[[], torch.Tensor]
+) -> torch.Tensor:
+    """A device tensor that depends only on Python values (``key``), built by ``build()`` on the
+    first call (the stage's warm-up, outside any capture) and returned from the cache afterwards:
+    no kernels in the captured graph. Kept alive like :func:`const` (see :func:`live`); callers
+    must not modify it in place. While ``torch.compile`` traces, ``build()`` is traced instead."""
+    if torch.compiler.is_compiling():
+        return build()
+    dev = torch.device(device)
+    full = ("cached", key, dev.type, dev.index)
+    t = _CACHE.get(full)
+    if t is not None:
+        _CACHE.move_to_end(full)
+        return t
+    t = build()
+    _CACHE[full] = t
     if len(_CACHE) > _MAX:
         _CACHE.popitem(last=False)
     return t

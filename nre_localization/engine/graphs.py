@@ -7,15 +7,25 @@ the stage runs eagerly from then on (:func:`status` reports it, and a warning is
 key). Shapes vary per frame only through the number of points, which the solver pads to power-of-two
 buckets, so few graphs exist.
 
-All graphs of a device share one memory pool: stages replay one after the other on one stream, and
-every graph's static inputs and outputs stay referenced by its cache entry, so what one capture
-reuses from another is only scratch memory. Peak memory is then the live static buffers plus the
+All graphs of a device share one memory pool. This is safe because (1) stages replay one after
+the other on one stream, never concurrently; (2) every graph's static inputs and outputs stay
+referenced by its cache entry, so what one capture reuses from another is only scratch memory
+(freed within that capture); (3) :func:`call` returns *copies* of the static outputs, so a result
+outlives the next replay of its graph. Static *input* buffers are shared between graphs too (see
+:func:`_static_inputs`): each replay copies its inputs in first. Peak memory is then the live static buffers plus the
 largest single stage's scratch, not the sum over stages. Constants the stage read from
-:mod:`nre_localization.engine.consts` are kept alive with the graph.
+:mod:`nre_localization.engine.consts` are kept alive with the graph. Every warm-up runs on one
+persistent side stream per device (not a fresh stream per capture: cuBLAS keeps a workspace per
+stream it has seen, which with the device's 32 pooled streams added up to ~1 GiB).
+
+Compiled stages (``SolverConfig.compile_*``, :mod:`nre_localization.engine.compiled`) need no
+special handling: the two warm-up runs trace and compile them for the captured shapes, and the
+capture records the generated kernels.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
@@ -25,7 +35,7 @@ import torch
 
 from nre_localization.engine import consts
 
-__all__ = ["bucket_size", "call", "clear", "failed", "status"]
+__all__ = ["bucket_size", "call", "clear", "debug_dump_to", "failed", "status"]
 
 
 @dataclass
@@ -38,8 +48,14 @@ class _Entry:
 
 _CACHE: dict[Hashable, _Entry] = {}
 _POOLS: dict[int | None, Any] = {}  # torch.cuda.graph_pool_handle() per device
+# One warm-up stream per device for every capture. A fresh torch.cuda.Stream() per capture would
+# cycle through the device's pool of 32 streams, and cuBLAS keeps a workspace (32 MiB on sm90)
+# for every (handle, stream) pair it has run on, never freed: up to ~1 GiB of allocated memory.
+_STREAMS: dict[int | None, Any] = {}
+_INPUTS: dict[tuple[object, ...], torch.Tensor] = {}  # shared static inputs (_static_inputs)
 _FAILED: dict[Hashable, str] = {}
 _REPLAYS: dict[str, int] = {}
+_DUMP: dict[str, Any] = {"dir": None, "files": {}}  # see debug_dump_to
 
 
 def bucket_size(n: int, minimum: int = 64) -> int:
@@ -56,6 +72,15 @@ def clear() -> None:
     _FAILED.clear()
     _REPLAYS.clear()
     _POOLS.clear()
+    _INPUTS.clear()
+
+
+def debug_dump_to(directory: str | None) -> None:
+    """Dump every graph captured from now on as a DOT file into ``directory`` (``None``: stop);
+    :func:`status` lists them under ``dumps`` (stage name -> file). For benchmarks: the node
+    types (kernels, memsets, copies) of each captured stage."""
+    _DUMP["dir"] = directory
+    _DUMP["files"] = {}
 
 
 def failed(key: Hashable) -> bool:
@@ -72,6 +97,7 @@ def status() -> dict[str, object]:
         "replays": dict(_REPLAYS),
         "captured_stages": sorted({_name(k) for k in _CACHE}),
         "failed_stages": {_name(k): v for k, v in _FAILED.items()},
+        "dumps": dict(_DUMP["files"]),
     }
 
 
@@ -93,9 +119,13 @@ def call(
     if entry is None:
         if key in _FAILED:
             return fn(*inputs)
-        static_in = tuple(x.clone() for x in inputs)
+        static_in = _static_inputs(inputs)
         try:
-            side = torch.cuda.Stream(device=static_in[0].device)
+            side = _STREAMS.get(static_in[0].device.index)
+            if side is None:
+                side = _STREAMS[static_in[0].device.index] = torch.cuda.Stream(
+                    device=static_in[0].device
+                )
             side.wait_stream(torch.cuda.current_stream(static_in[0].device))
             with torch.cuda.stream(side):
                 for _ in range(warmup):
@@ -106,8 +136,14 @@ def call(
             if pool is None:
                 pool = _POOLS[dev.index] = torch.cuda.graph_pool_handle()
             graph = torch.cuda.CUDAGraph()
+            dump = _DUMP["dir"]
+            if dump is not None:
+                with contextlib.suppress(Exception):  # a diagnostic: never fails the capture
+                    graph.enable_debug_mode()
             with torch.cuda.graph(graph, pool=pool):
                 static_out = fn(*static_in)
+            if dump is not None:
+                _dump(graph, f"{_name(key)}_{len(_DUMP['files'])}", dump)
             entry = _Entry(graph, static_in, tuple(static_out), consts.live())
             _CACHE[key] = entry
         except Exception as err:  # noqa: BLE001 - any capture problem means: run eagerly
@@ -126,6 +162,39 @@ def call(
     name = _name(key)
     _REPLAYS[name] = _REPLAYS.get(name, 0) + 1
     return tuple(o.clone() for o in entry.outputs)
+
+
+def _static_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+    """Static input buffers for a new graph, shared between graphs: the ``k``-th input of a given
+    device, shape and dtype of every graph is the same (contiguous) buffer.
+
+    Safe because every replay first copies its own inputs into its buffers (so a buffer holds what
+    the graph being replayed expects, whoever wrote it before), graphs replay one at a time and
+    never write their inputs, and within one graph distinct inputs get distinct buffers. The
+    stages of a solve pass the same big tensors (fine maps, coarse maps) to several graphs, which
+    then need one copy instead of one each."""
+    seen: dict[tuple[object, ...], int] = {}
+    out = []
+    for x in inputs:
+        sig = (x.device.type, x.device.index, tuple(x.shape), x.dtype)
+        k = seen.get(sig, 0)
+        seen[sig] = k + 1
+        buf = _INPUTS.get((*sig, k))
+        if buf is None:
+            buf = _INPUTS[(*sig, k)] = torch.empty_like(x, memory_format=torch.contiguous_format)
+        buf.copy_(x)
+        out.append(buf)
+    return tuple(out)
+
+
+def _dump(graph: torch.cuda.CUDAGraph, name: str, directory: str) -> None:
+    path = f"{directory}/{name}.dot"
+    try:
+        graph.debug_dump(path)
+    except Exception as err:  # noqa: BLE001 - a diagnostic only
+        _DUMP["files"][name] = f"error: {type(err).__name__}: {err}"
+        return
+    _DUMP["files"][name] = path
 
 
 def _name(key: Hashable) -> str:

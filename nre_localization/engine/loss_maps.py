@@ -78,6 +78,7 @@ class InfoMaps:
     map_width: int
     stride: int
     log_omega: float
+    dense: bool = False  # one window over the whole map at origin 0 (coarse maps)
 
     @property
     def window(self) -> tuple[int, int]:
@@ -137,8 +138,11 @@ def build_coarse_maps(
     n = points.desc_coarse.shape[0]
     logp = torch.empty((n, hc * wc), dtype=torch.float32, device=dev)
     ent = torch.empty((n,), dtype=torch.float32, device=dev)
-    for s in range(0, n, config.point_chunk):
-        e = min(n, s + config.point_chunk)
+    # On the CPU smaller chunks stay in cache (fresh large buffers cost page faults there); on the
+    # GPU every chunk is a few more kernels.
+    chunk = config.point_chunk if dev.type != "cpu" else min(config.point_chunk, 1024)
+    for s in range(0, n, chunk):
+        e = min(n, s + chunk)
         scores = (desc[s:e] @ hmap).float() * scale
         lp = torch.log_softmax(scores, dim=-1)
         logp[s:e] = lp
@@ -178,6 +182,7 @@ def coarse_info_maps(
         map_width=wc,
         stride=coarse.stride,
         log_omega=coarse.log_omega,
+        dense=True,
     )
 
 
@@ -188,22 +193,22 @@ def argmax_cells(coarse: CoarseMaps, refine: bool = True) -> torch.Tensor:
     sub-cell estimate.
     """
     n, hc, wc = coarse.logp.shape
+    dev = coarse.logp.device
     iy = torch.div(coarse.argmax, wc, rounding_mode="floor")
     ix = coarse.argmax - iy * wc
     base = torch.stack([ix, iy], -1).to(torch.float32)
     if not refine:
         return base
-    off = torch.arange(-1, 2, device=coarse.logp.device)
-    yy = iy[:, None, None] + off[None, :, None]
-    xx = ix[:, None, None] + off[None, None, :]
-    inside = (yy >= 0) & (yy < hc) & (xx >= 0) & (xx < wc)
-    flat = (yy.clamp(0, hc - 1) * wc + xx.clamp(0, wc - 1)).view(n, 9)
-    p = torch.gather(coarse.logp.view(n, -1), 1, flat).exp().view(n, 3, 3) * inside
-    tot = p.sum((1, 2)).clamp_min(1e-30)
-    offf = off.to(torch.float32)
-    dx = (p.sum(1) * offf).sum(-1) / tot
-    dy = (p.sum(2) * offf).sum(-1) / tot
-    return base + torch.stack([dx, dy], -1)
+    # The 3x3 neighbourhood from the map padded by one cell of probability 0 (log -inf): no bounds
+    # checks. Centre in the padded map: (iy + 1) (wc + 2) + ix + 1 = argmax + 2 iy + wc + 3.
+    lp = F.pad(coarse.logp, (1, 1, 1, 1), value=-math.inf).view(n, -1)
+    centre = torch.add(coarse.argmax, iy, alpha=2) + (wc + 3)
+    offs = [dy * (wc + 2) + dx for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    p = torch.gather(lp, 1, centre[:, None] + const(offs, torch.int64, dev)).exp()  # [N, 9]
+    # (mass, sum p dx, sum p dy) in one small GEMM.
+    moments = [[1.0, float(dx), float(dy)] for dy in (-1, 0, 1) for dx in (-1, 0, 1)]
+    m = p @ const(moments, torch.float32, dev)
+    return base + m[:, 1:] / m[:, :1].clamp_min(1e-30)
 
 
 def _window_origin(centres: torch.Tensor, window: int) -> torch.Tensor:
@@ -250,18 +255,22 @@ def _window_scores_gather(
     wf: int,
     chunk: int,
 ) -> torch.Tensor:
-    """Scores ``[n, w, w]`` by gathering each window's descriptors (GPU path)."""
+    """Scores ``[n, w, w]`` (``table``'s dtype) by gathering each window's descriptors (GPU
+    path; at most ``chunk`` points' gathered descriptors at a time)."""
     n, df = desc.shape
     ar = torch.arange(w, device=desc.device)
-    out = torch.empty((n, w, w), dtype=torch.float32, device=desc.device)
+    # Flat table rows of every window cell, all points at once (few kernels: not per chunk).
+    xs = (origin[:, 0, None] + ar).clamp(0, wf - 1)
+    ys = (origin[:, 1, None] + ar).clamp(0, hf - 1)
+    flat = (ys[:, :, None] * wf + xs[:, None, :]).view(n, w * w)
+    outs = []
     for s in range(0, n, chunk):
         e = min(n, s + chunk)
-        xs = (origin[s:e, 0, None] + ar).clamp(0, wf - 1)
-        ys = (origin[s:e, 1, None] + ar).clamp(0, hf - 1)
-        flat = ys[:, :, None] * wf + xs[:, None, :]
-        d = table.index_select(0, flat.view(-1)).view(e - s, w * w, df)
-        out[s:e] = torch.bmm(d, desc[s:e, :, None])[..., 0].view(e - s, w, w).float()
-    return out
+        d = table.index_select(0, flat[s:e].reshape(-1)).view(e - s, w * w, df)
+        outs.append(torch.bmm(d, desc[s:e, :, None]))
+        del d
+    # Scores in the table's dtype (the caller converts them once).
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)).view(n, w, w)
 
 
 def _window_scores_tiled(
@@ -333,7 +342,7 @@ def build_fine_maps(
     log_omega = math.log(hf * wf + 1)
     dt = _corr_dtype(dev, config)
     origin = _window_origin(centres.to(torch.float32), w)
-    origin = torch.where(valid[:, None], origin, torch.full_like(origin, -1e6))
+    origin = torch.where(valid[:, None], origin, -1e6)
     if onehot or coarse is None:
         log_mass = torch.zeros((n,), dtype=torch.float32, device=dev)
     else:
@@ -357,11 +366,12 @@ def build_fine_maps(
         desc, sd = _scaled(points.desc_fine, dt)
         # Bounded memory: at most ~2^24 gathered descriptor elements per chunk.
         chunk = max(1, min(config.point_chunk, (1 << 24) // (w * w * df)))
-        scores = _window_scores_gather(table, desc, o, w, hf, wf, chunk) * (st * sd)
+        # float32 from here (a 0-d float32 factor would not promote fp16 scores).
+        scores = _window_scores_gather(table, desc, o, w, hf, wf, chunk).float() * (st * sd)
     ar = torch.arange(w, device=dev)
     xs, ys = o[:, 0, None] + ar, o[:, 1, None] + ar
     ok = ((ys >= 0) & (ys < hf))[:, :, None] & ((xs >= 0) & (xs < wf))[:, None, :]
-    scores = scores.masked_fill(~ok, -math.inf)
+    scores = torch.where(ok, scores, -math.inf)
     m = scores.shape[0]
     if onehot:
         am = scores.view(m, -1).argmax(-1)
@@ -372,7 +382,7 @@ def build_fine_maps(
         lsm = torch.log_softmax(scores.view(m, -1), dim=-1).view(m, w, w)
         lm = log_mass if sel is None else log_mass[sel]
         info = (lsm + lm[:, None, None] + log_omega).clamp_min(0.0)
-        info = torch.where(ok, info, torch.zeros_like(info))
+        info = torch.where(ok, info, 0.0)
     if sel is None:
         data[:, pad : pad + w, pad : pad + w] = info * need[:, None, None]
     else:
@@ -411,32 +421,49 @@ def bilinear_info(
     """
     hp, wp = int(maps.data.shape[1]), int(maps.data.shape[2])
     dev, dt = cells.device, cells.dtype
-    origin = maps.origin if index is None else maps.origin[index]
-    # Padded-window coordinates; a reprojection outside its own (zero-padded) window is truncated
-    # (fine windows are local: without this it would read a neighbouring window's cells). Masked
-    # points read cell (0, 0) of the padding (zero) and are masked anyway.
-    w = cells - origin + maps.pad  # [..., N, 2]
-    # Inside the full map (between the first and last cell centres) and inside the window, one
-    # comparison pass over (cx, cy, wx, wy).
-    hi = const(
-        [maps.map_width - 1.0, maps.map_height - 1.0, wp - 2.0, hp - 2.0], dt, dev
-    )  # exact integers
-    cw = torch.cat([cells, w], -1)
-    inside = valid & ((cw >= 0) & (cw <= hi)).all(-1)
-    lxy = torch.where(inside[..., None], w, const(0.0, dt, dev))
+    # Temporaries are dropped as soon as they are used (``del``): MSAC scores thousands of poses
+    # at once, and each [..., N, 4] int64 temporary is then tens of MB of peak memory.
+    if maps.dense:
+        # One window over the whole map at origin 0: inside the map (between the first and last
+        # cell centres) is inside the window.
+        hi = const([maps.map_width - 1.0, maps.map_height - 1.0], dt, dev)
+        inside = valid & ((cells >= 0) & (cells <= hi)).all(-1)
+        lxy = torch.where(inside[..., None], cells + maps.pad, const(0.0, dt, dev))
+    else:
+        origin = maps.origin if index is None else maps.origin[index]
+        # Padded-window coordinates; a reprojection outside its own (zero-padded) window is
+        # truncated (fine windows are local: without this it would read a neighbouring window's
+        # cells). Masked points read cell (0, 0) of the padding (zero) and are masked anyway.
+        w = cells - origin + maps.pad  # [..., N, 2]
+        # Inside the full map (between the first and last cell centres) and inside the window,
+        # one comparison pass over (cx, cy, wx, wy).
+        hi = const(
+            [maps.map_width - 1.0, maps.map_height - 1.0, wp - 2.0, hp - 2.0], dt, dev
+        )  # exact integers
+        cw = torch.cat([cells, w], -1)
+        inside = valid & ((cw >= 0) & (cw <= hi)).all(-1)
+        del cw
+        lxy = torch.where(inside[..., None], w, const(0.0, dt, dev))
+        del w
     l0 = torch.floor(lxy)
     frac = lxy - l0
+    del lxy
     il = l0.long()
+    del l0
     base = il[..., 1] * wp + il[..., 0]
+    del il
     if index is None:
         base = base + torch.arange(maps.data.shape[0], device=dev) * (hp * wp)
     else:
         base = base + index * (hp * wp)
     # The four corners in one gather: (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).
     corners = base[..., None] + const([0, 1, wp, wp + 1], torch.int64, dev)
+    del base
     v = torch.take(maps.data.view(-1), corners)  # [..., N, 4]
+    del corners
     v0, v1 = v[..., 0::2], v[..., 1::2]  # x0 / x0 + 1 columns of rows (y0, y0 + 1)
     tb = v0 + frac[..., :1] * (v1 - v0)  # (top, bottom)
+    del v, v0, v1
     top, bot = tb[..., 0], tb[..., 1]
     return (top + frac[..., 1] * (bot - top)) * inside
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import torch
 
+from nre_localization.engine.consts import cached
+
 __all__ = ["hash_uniform"]
 
 _MASK32 = 0xFFFFFFFF
@@ -41,7 +43,19 @@ def hash_uniform(
     shape: tuple[int, ...], seed: int, stream: int, device: torch.device | str, dtype: torch.dtype
 ) -> torch.Tensor:
     """Uniform numbers in the open interval ``(0, 1)`` of ``shape``; deterministic in ``(seed,
-    stream)`` and the element's flat index, independent of the device."""
+    stream)`` and the element's flat index, independent of the device.
+
+    The numbers depend on nothing but these Python values, so they are computed once per
+    ``(shape, seed, stream, dtype, device)`` and cached (:func:`consts.cached`): a captured graph
+    reads them and launches no kernel for them. The result is shared: do not modify it in place.
+    """
+    key = ("hash_uniform", tuple(int(s) for s in shape), int(seed), int(stream), dtype)
+    return cached(key, device, lambda: _hash_uniform(shape, seed, stream, device, dtype))
+
+
+def _hash_uniform(
+    shape: tuple[int, ...], seed: int, stream: int, device: torch.device | str, dtype: torch.dtype
+) -> torch.Tensor:
     n = 1
     for s in shape:
         n *= s

@@ -8,7 +8,8 @@ maps -> covariance and reliability verdict.
 
 Tracking path (``prior`` given): coarse maps (only their probabilities, for the fine maps'
 coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fine GNC-IRLS on the
-shorter ``config.tracking_sigmas`` / ``tracking_iterations`` schedule.
+shorter ``config.tracking_sigmas`` / ``tracking_iterations`` schedule, then
+``tracking_polish_iterations`` Newton steps (the global path: ``polish_iterations``).
 If the result is not reliable and ``config.tracking_fallback``, the global path runs (reusing the
 coarse maps) and ``path`` says ``"global"``.
 
@@ -19,7 +20,9 @@ graph serves every point count of its bucket. Stages take their constants from
 :mod:`nre_localization.engine.consts` (built before capture) and never synchronise; the solve
 synchronises once to check its inputs and once to fetch the packed results (plus the per-stage
 timer's synchronisations when ``config.sync_timings``). ``test/test_engine_graphs.py`` checks on
-the CPU that each stage is capture-safe.
+the CPU that each stage is capture-safe (and counts its kernels). With ``config.compile_gnc`` /
+``compile_msac`` / ``compile_maps`` the stages' work goes through ``torch.compile`` first
+(:mod:`nre_localization.engine.compiled`; far fewer, fused kernels per replay).
 
 Covariance: ``config.covariance_scale * inv(sum_n J_n^T H_n J_n)`` at the final fine sigma, with
 ``H_n`` the exact ``2x2`` Hessian of the smoothed cost w.r.t. point ``n``'s reprojection projected to
@@ -40,10 +43,9 @@ from collections.abc import Callable, Hashable
 from dataclasses import replace
 
 import torch
-import torch.nn.functional as F
 
 from nre_localization.engine import graphs
-from nre_localization.engine.consts import const
+from nre_localization.engine.compiled import compiled
 from nre_localization.engine.gnc import (
     GncProblem,
     gnc_iterate,
@@ -51,8 +53,12 @@ from nre_localization.engine.gnc import (
     gnc_start,
     newton_polish,
 )
+from nre_localization.engine.gnc import _Consts as GncConsts
 from nre_localization.engine.gnc import _consts as gnc_consts
 from nre_localization.engine.gnc import _eval as gnc_eval
+from nre_localization.engine.gnc import _homogeneous as homogeneous
+from nre_localization.engine.gnc import _jhj as jhj
+from nre_localization.engine.gnc import _psd_point_hessians as psd_point_hessians
 from nre_localization.engine.loss_maps import (
     CoarseMaps,
     InfoMaps,
@@ -61,7 +67,7 @@ from nre_localization.engine.loss_maps import (
     build_fine_maps,
     coarse_info_maps,
 )
-from nre_localization.engine.msac import msac_p3p
+from nre_localization.engine.msac import candidate_count, msac_p3p
 from nre_localization.engine.types import MapPoints, PoseResult, QueryFeatures, SolverConfig
 from nre_localization.errors import InputError
 from nre_localization.geometry.cameras import Camera
@@ -289,13 +295,14 @@ def _fine_gnc(
     iterations: int,
     config: SolverConfig,
     stage: str,
+    polish_iterations: int,
 ) -> torch.Tensor:
-    """Fine GNC schedule, then ``config.polish_iterations`` steps at its last sigma (tolerance
+    """Fine GNC schedule, then ``polish_iterations`` steps at its last sigma (tolerance
     ``config.polish_tol``) so that the result sits at the minimum of the final smoothed cost:
     damped Newton steps on the PSD-projected exact Hessian (``polish_mode="newton"``) or more
     majorise-minimise steps (``"majoriser"``)."""
     T = _gnc(xyz, maps, camera, sigmas, T0, iterations, config, stage)
-    n = config.polish_iterations
+    n = polish_iterations
     if n == 0:
         return T
     if config.polish_mode == "newton":
@@ -326,7 +333,14 @@ def _newton(
             prob = GncProblem(x, m, camera.cell_camera(maps.stride), (sigma,), radius)
             early = x.device.type == "cpu"
             Tn = newton_polish(
-                prob, T, iterations, config.polish_tol, config.lambda_init, early, linear_solver
+                prob,
+                T,
+                iterations,
+                config.polish_tol,
+                config.lambda_init,
+                early,
+                linear_solver,
+                compile_step=config.compile_gnc,
             )
             return (Tn,)
 
@@ -342,6 +356,7 @@ def _newton(
         iterations,
         config.polish_tol,
         config.lambda_init,
+        config.compile_gnc,
     )
     return _run_pose_stage(base, make_run, inputs, config)
 
@@ -387,18 +402,25 @@ def _msac_stage(
         am: torch.Tensor,
         x: torch.Tensor,
         n_t: torch.Tensor,
+        k_t: torch.Tensor,
         *rest: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
         cm = CoarseMaps(logp, ent, am, *cmeta)
         if cinfo is None:
             im = coarse_info_maps(cm, pad, alive=rest[0] if rest else None, onehot=onehot)
         else:
-            im = InfoMaps(rest[0], rest[1], *imeta)
-        T, _ = msac_p3p(cm, im, x, camera, config, n_t)
-        return T, im.data, im.origin
+            im = InfoMaps(rest[0], rest[1], *imeta, dense=True)
+        # Compiled: no host-synchronising compaction (the CPU's default) inside the traced graph.
+        compact = False if config.compile_msac else None
+        T, _ = msac_p3p(cm, im, x, camera, config, n_t, compact=compact, k_use=k_t)
+        if cinfo is None:
+            return T, im.data, im.origin
+        return (T,)
 
+    # Points alive and MSAC candidates: host values (fills, no host->device copy).
     n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
-    inputs: tuple[torch.Tensor, ...] = (coarse.logp, coarse.entropy, coarse.argmax, xyz, n_t)
+    k_t = torch.full((), candidate_count(n_alive, config), dtype=torch.int64, device=dev)
+    inputs: tuple[torch.Tensor, ...] = (coarse.logp, coarse.entropy, coarse.argmax, xyz, n_t, k_t)
     if cinfo is not None:
         inputs = (*inputs, cinfo.data, cinfo.origin)
     elif alive is not None:
@@ -413,8 +435,11 @@ def _msac_stage(
         alive is None,
         onehot,
     )
-    T, data, origin = _run(key, run, inputs, config)
-    return T, InfoMaps(data, origin, *imeta)
+    fn = compiled(run, "msac") if config.compile_msac else run
+    out = _run(key, fn, inputs, config)
+    if cinfo is not None:  # the given maps: not copied through the graph's outputs
+        return out[0], cinfo
+    return out[0], InfoMaps(out[1], out[2], *imeta, dense=True)
 
 
 def _fine_maps(
@@ -450,7 +475,11 @@ def _fine_maps(
             i = 1
         al = rest[i] if len(rest) > i else None
         centres, valid = _project_cells(xyz.to(torch.float32), T_, camera, fs)
-        m = build_fine_maps(q, pts, cm, centres, valid, 2 * rf + 1, config, alive=al, onehot=onehot)
+        # Compiled: the fixed-shape gather path (no host-synchronising compaction) on any device.
+        compact = False if config.compile_maps else None
+        m = build_fine_maps(
+            q, pts, cm, centres, valid, 2 * rf + 1, config, alive=al, onehot=onehot, compact=compact
+        )
         return m.data, m.origin
 
     inputs: tuple[torch.Tensor, ...] = (query.fine, points.desc_fine, points.xyz, T)
@@ -472,7 +501,8 @@ def _fine_maps(
         config.half_correlation,
         onehot,
     )
-    data, origin = _run(key, run, inputs, config)
+    fn = compiled(run, "fine_maps") if config.compile_maps else run
+    data, origin = _run((*key, config.compile_maps), fn, inputs, config)
     return InfoMaps(data, origin, 2 * rf + 1, hf, wf, fs, math.log(hf * wf + 1))
 
 
@@ -485,45 +515,35 @@ def _finalize_device(
     alive: torch.Tensor | None,
 ) -> torch.Tensor:
     """Device part of the finalisation (capturable): ``[55]`` f64 = information matrix (36),
-    ``T`` (16), cost, informative count, median depth of the informative points.
-
-    One GNC evaluation at the final sigma gives the reprojections (cells, depths), Jacobians and
-    the window sums from which each point's ``2x2`` Hessian ``H_n`` comes as one small GEMM; the
-    PSD projection and ``sum_n J_n^T H_n J_n`` are a handful of batched ops (few kernels)."""
-    dev = xyz.device
-    f64 = torch.float64
-    sg = config.fine_sigmas[-1]
+    ``T`` (16), cost, informative count, median depth of the informative points
+    (:func:`_finalize_terms`, through ``torch.compile`` with ``config.compile_gnc``)."""
     radius = gnc_radius(config.fine_sigmas)
     problem = GncProblem(xyz, maps, camera.cell_camera(maps.stride), config.fine_sigmas, radius)
     k = gnc_consts(problem)
-    T64 = T.to(f64)
-    ev = gnc_eval(
-        problem, k, F.pad(xyz.to(torch.float32), (0, 1), value=1.0), T64[None], (sg,), True
-    )
-    n = int(xyz.shape[0])
+    exact = config.covariance_mode == "hessian"
+    fn = compiled(_finalize_terms, "finalize") if config.compile_gnc else _finalize_terms
+    return fn(problem, k, T.to(torch.float64), config.fine_sigmas[-1], exact, alive)
+
+
+def _finalize_terms(
+    problem: GncProblem,
+    k: GncConsts,
+    T64: torch.Tensor,
+    sg: float,
+    exact: bool,
+    alive: torch.Tensor | None,
+) -> torch.Tensor:
+    """See :func:`_finalize_device`. One GNC evaluation at the final sigma gives the reprojections
+    (cells, depths), Jacobians and the window sums from which each point's ``2x2`` Hessian ``H_n``
+    (exact and PSD-projected, or ``W_n I`` when not ``exact``) comes as one small GEMM; then
+    ``sum_n J_n^T H_n J_n`` and the verdict's terms are a handful of batched ops (few kernels)."""
+    f64 = torch.float64
+    maps, xyz = problem.maps, problem.xyz
+    ev = gnc_eval(problem, k, homogeneous(xyz), T64[None], (sg,), True)
     valid = ev.valid[0]
-    # Window sums [N, 9] -> (mean, dev, h01) of H_n (exact Hessian, or W_n I for "majoriser"):
-    # h00 = W - sxx / s2, h11 = W - syy / s2, h01 = -sxy / s2 with W, sxx, syy, sxy the scaled sums.
-    sc = 1.0 / (2.0 * math.pi * sg**4)
-    q = sc / (sg * sg)
-    cmat = [[0.0] * 3 for _ in range(9)]
-    cmat[0][0] = sc
-    if config.covariance_mode == "hessian":
-        cmat[2][0], cmat[6][0] = -0.5 * q, -0.5 * q
-        cmat[2][1], cmat[6][1] = -0.5 * q, 0.5 * q
-        cmat[4][2] = -q
-    P = ev.sums[0].reshape(n, 9).to(f64) @ const(cmat, f64, dev)  # [N, 3]
-    # PSD projection: eigenvalues mean +- rad clamped at 0, same eigenvectors:
-    # H+ = a I + c (H - mean I), a = (l1 + l2) / 2, c = (l1 - l2) / (2 rad).
-    rad = torch.linalg.vector_norm(P[:, 1:], dim=1)
-    lam = torch.addcmul(P[:, :1], rad[:, None], const([1.0, -1.0], f64, dev)).clamp_min(0.0)
-    ac = lam @ const([[0.5, 0.5], [0.5, -0.5]], f64, dev)  # (a, (l1 - l2) / 2)
-    c = ac[:, 1] / rad.clamp_min(1e-300)
-    Z = torch.cat([ac[:, :1], P[:, 1:] * c[:, None]], 1)  # (a, c dev, c h01)
-    rows = [[1.0, 0.0, 0.0, 1.0], [1.0, 0.0, 0.0, -1.0], [0.0, 1.0, 1.0, 0.0]]
-    hpsd = (Z @ const(rows, f64, dev)).view(n, 2, 2)
-    J = torch.where(valid[:, None, None], ev.J[0], 0.0).to(f64)  # [N, 2, 6]
-    info6 = J.view(2 * n, 6).T @ torch.bmm(hpsd, J).view(2 * n, 6)
+    hpsd = psd_point_hessians(ev.sums[0], sg, xyz.device, exact)
+    J = torch.where(valid[:, None, None], ev.J64[0], k.zero64)  # [N, 2, 6] f64
+    info6 = jhj(J, hpsd)
     ok = valid if alive is None else valid & alive
     a = bilinear_info(maps, ev.cells[0], ok)
     informative = a > 0
@@ -664,6 +684,7 @@ def _solve(
                 config.tracking_iterations,
                 config,
                 "fine_" + method,
+                config.tracking_polish_iterations,
             )
             timer.lap("fine_gnc")
             result = _finalize(xyz, fine, camera, T, config, n_alive, "tracking", method, alive)
@@ -697,6 +718,7 @@ def _solve(
             config.fine_iterations,
             config,
             "fine_" + method,
+            config.polish_iterations,
         )
         timer.lap("fine_gnc")
         result = _finalize(xyz, fine, camera, T, config, n_alive, "global", method, alive)

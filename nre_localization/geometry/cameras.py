@@ -303,8 +303,10 @@ class Camera:
         """
         z = X[..., 2]
         front = z > _Z_MIN
-        zs = torch.where(front, z, torch.ones_like(z))
+        zs = torch.where(front, z, 1.0)
         xy = X[..., :2] / zs[..., None]
+        if self.model == "PINHOLE":  # no distortion: every point in front is valid
+            return self._to_pixels(xy), front
         xyd, _, ok = self.distort(xy, jacobian=False)
         return self._to_pixels(xyd), front & ok
 

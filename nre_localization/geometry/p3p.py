@@ -26,6 +26,15 @@ import torch
 __all__ = ["p3p"]
 
 
+def _mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for small matrices. While ``torch.compile`` traces: a broadcast product and a
+    short sum, which Inductor fuses with its neighbours (a batched GEMM would be a library call of
+    its own); eagerly: one matmul kernel."""
+    if torch.compiler.is_compiling():
+        return (a[..., :, :, None] * b[..., None, :, :]).sum(-2)
+    return a @ b
+
+
 def _cubic_real_roots(
     a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, one: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +143,7 @@ def p3p(
     one, zero0 = eye[0, 0], eye[0, 1]  # 0-d fill values (views: no kernels)
     y = _unit(bearings.to(dt))
     x = points.to(dt)
-    gram = y @ y.transpose(-1, -2)  # [B, 3, 3]; off-diagonal: cosines c_ij
+    gram = _mm(y, y.transpose(-1, -2))  # [B, 3, 3]; off-diagonal: cosines c_ij
     c12, c13, c23 = gram[:, 0, 1], gram[:, 0, 2], gram[:, 1, 2]
     dx = x[:, :, None] - x[:, None]  # [B, 3, 3, 3]: x_i - x_j
     sq = (dx * dx).sum(-1)  # [B, 3, 3]: squared distances
@@ -161,7 +170,7 @@ def p3p(
     coef = torch.stack(
         [an[:, 2], zero, na[:, 0], zero, an[:, 2], na[:, 1], an[:, 1], na[:, 0], zero], -1
     ).view(-1, 3, 3)
-    dmat = (coef @ mats.reshape(-1, 3, 9)).view(-1, 3, 3, 3)
+    dmat = _mm(coef, mats.reshape(-1, 3, 9)).view(-1, 3, 3, 3)
     D12 = dmat[:, :2]  # D1, D2
     hmat = dmat[:, 2]
 
@@ -187,7 +196,7 @@ def p3p(
     best = (cands * cands).sum(-1).argmax(-1)
     n = _unit(torch.gather(cands, -2, best[..., None, None].expand(*best.shape, 1, 3))[..., 0, :])
     uw = _orthonormal_basis(n)  # [B, 3, 2, 3]
-    quw = uw @ D0 @ uw.transpose(-1, -2)  # [B, 3, 2, 2]: the form restricted to the plane
+    quw = _mm(_mm(uw, D0), uw.transpose(-1, -2))  # [B, 3, 2, 2]: the form on the plane
     # Prefer the root whose restricted form is most clearly indefinite.
     fro2 = (D0 * D0).sum((-1, -2)).clamp_min(1e-300)
     qb = quw[..., 0, 1]
@@ -198,17 +207,17 @@ def p3p(
     quw = torch.gather(quw, 1, kbest.expand(-1, -1, -1, 2))[:, 0]  # [B, 2, 2]
     lines, lok = _factor_form(quw)  # [B, 2, 2]: alpha (Lambda.u) + beta (Lambda.w) = 0
     good &= lok
-    normals = _unit(lines @ uw)  # [B, 2, 3]
+    normals = _unit(_mm(lines, uw))  # [B, 2, 3]
 
     # On each plane, a13 M12 - a12 M13 vanishes on two rays.
     ef = _orthonormal_basis(normals)  # [B, 2, 2, 3]
-    ehf = (ef.reshape(-1, 4, 3) @ hmat).view(ef.shape) @ ef.transpose(-1, -2)  # [B, 2, 2, 2]
+    ehf = _mm(_mm(ef.reshape(-1, 4, 3), hmat).view(ef.shape), ef.transpose(-1, -2))  # [B,2,2,2]
     rays_coef, rok = _factor_form(ehf)
     # Direction on the ray: alpha s + beta t = 0 -> (s, t) = (beta, -alpha): alpha (-f) + beta e.
     fe = torch.stack([-ef[:, :, 1], ef[:, :, 0]], -2)  # [B, 2, 2, 3]
-    dirs = (rays_coef @ fe).reshape(-1, 4, 3)  # [B, 4, 3]
+    dirs = _mm(rays_coef, fe).reshape(-1, 4, 3)  # [B, 4, 3]
     m12 = mats[:, 0]
-    q12 = ((dirs @ m12) * dirs).sum(-1)
+    q12 = (_mm(dirs, m12) * dirs).sum(-1)
     lam = dirs * torch.sqrt((a12n[:, None] / q12.clamp_min(1e-300)).clamp_min(0.0))[..., None]
     lam = torch.where(lam.sum(-1, keepdim=True) < 0, -lam, lam)  # depths positive
     sol_ok = (good[:, None] & rok)[:, :, None].expand(-1, 2, 2).reshape(-1, 4) & (q12 > 0)
@@ -226,7 +235,7 @@ def p3p(
         r, ml = conic(lam)
         cofj, det = _cofactors(2.0 * ml)
         okd = det.abs() > 1e-12
-        step = (r[..., None, :] @ cofj)[..., 0, :] / torch.where(okd, det, one)[..., None]
+        step = _mm(r[..., None, :], cofj)[..., 0, :] / torch.where(okd, det, one)[..., None]
         lam = torch.where(okd[..., None], lam - step, lam)
 
     res, _ = conic(lam)
@@ -242,9 +251,9 @@ def p3p(
     # R X = Y with X = Xt^T: X^-1 = adj(X) / det = cof(Xt) / det(Xt).
     cofx, detx = _cofactors(Xt)
     Xinv = cofx / torch.where(detx.abs() > 0, detx, one)[:, None, None]
-    R = (Y.view(-1, 12, 3) @ Xinv).view(Y.shape)
+    R = _mm(Y.view(-1, 12, 3), Xinv).view(Y.shape)
     t = P[..., 0, :] - (R * x[:, None, None, 0]).sum(-1)
-    orth = (R.transpose(-1, -2) @ R - eye).abs().amax((-1, -2))  # NaN / inf fail too
+    orth = (_mm(R.transpose(-1, -2), R) - eye).abs().amax((-1, -2))  # NaN / inf fail too
     sol_ok &= (orth < 1e-6) & (_det3(R) > 0) & torch.isfinite(t).all(-1)
     R = torch.where(sol_ok[..., None, None], R, eye)
     t = torch.where(sol_ok[..., None], t, zero0)

@@ -17,6 +17,8 @@ cells) is reported next to the timings so a fast-but-wrong configuration is visi
 Variants (``--variants``, comma-separated, run one after the other in the same process):
 
 - ``eager``: the stages as captured CUDA graphs of eager PyTorch ops (the default);
+- ``compile_gnc``: only ``SolverConfig.compile_gnc`` (GNC slots, Newton steps, finalisation
+  compiled; MSAC and the fine maps stay eager CUDA graphs);
 - ``compile``: the same, with ``SolverConfig.compile_gnc``, ``compile_msac`` and ``compile_maps``
   (GNC slots, Newton steps, finalisation, MSAC and fine maps through ``torch.compile``/Inductor,
   then captured). Compilation is
@@ -304,15 +306,15 @@ def run_variant(
     t_start: float,
 ) -> dict:
     """All sizes (and the window scaling) of one variant; see the module docstring."""
-    is_compile = variant == "compile"
+    is_compile = variant in ("compile", "compile_gnc")
     base = dict(
         fine_window=args.fine_window,
         msac_hypotheses=args.hypotheses,
         cuda_graphs=not args.no_graphs,
         half_correlation=not args.no_half,
         compile_gnc=is_compile,
-        compile_msac=is_compile,
-        compile_maps=is_compile,
+        compile_msac=variant == "compile",
+        compile_maps=variant == "compile",
     )
     cfg = SolverConfig(**base)
     out: dict = {
@@ -430,6 +432,66 @@ def run_variant(
     return out
 
 
+def profile_kernels(n: int, args: argparse.Namespace, dev: torch.device) -> dict:
+    """Per-kernel device time of one global solve, one tracking solve and one MSAC run (5000
+    hypotheses) at ``n`` points, CUDA graphs off (every kernel launched and traced): kernel
+    count, summed device time and the 12 costliest kernels per path. Summed device time far below
+    the graph replay's wall time means the path is launch-bound (kernel count), not compute-bound.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    scene = _scene(n, args, dev, seed=n)
+    cfg = SolverConfig(fine_window=args.fine_window, cuda_graphs=False)
+    mcfg = SolverConfig(
+        fine_window=args.fine_window, cuda_graphs=False, msac_hypotheses=args.msac_hypotheses
+    )
+    prior = (
+        se3.se3_exp(torch.tensor([0.01, -0.01, 0.02, 0.002, -0.002, 0.001], dtype=torch.float64))
+        @ scene.T_cam_world
+    ).to(dev)
+    with torch.no_grad():
+        coarse = lm.build_coarse_maps(scene.query, scene.points, mcfg, None)
+        cinfo = lm.coarse_info_maps(coarse, 2 * gnc_radius(mcfg.coarse_sigmas) + 1, alive=None)
+        xyz = scene.points.xyz.float()
+    runs = {
+        "global": lambda: solve(scene.query, scene.points, CAMERA, None, cfg),
+        "tracking": lambda: solve(scene.query, scene.points, CAMERA, prior, cfg),
+        "msac_5000": lambda: _msac(coarse, cinfo, xyz, CAMERA, mcfg, n, "profile_msac"),
+    }
+    out: dict = {}
+    for name, fn in runs.items():
+        with torch.no_grad():
+            for _ in range(2):
+                fn()
+            _sync(dev)
+            act = ProfilerActivity.CUDA if dev.type == "cuda" else ProfilerActivity.CPU
+            with profile(activities=[act]) as prof:
+                fn()
+                _sync(dev)
+        rows = [e for e in prof.key_averages() if e.device_type.name == act.name]
+
+        def own_us(e: object) -> float:
+            key = "self_device_time_total" if dev.type == "cuda" else "self_cpu_time_total"
+            return float(getattr(e, key))
+
+        total_us = sum(own_us(e) for e in rows)
+        count = sum(e.count for e in rows)
+        top = sorted(rows, key=lambda e: -own_us(e))[:12]
+        out[name] = {
+            "kernels": count,
+            "device_time_ms": total_us / 1e3,
+            "top": [{"name": e.key[:90], "count": e.count, "ms": own_us(e) / 1e3} for e in top],
+        }
+        print(
+            f"[profile] N={n} {name}: {count} kernels, device time {total_us / 1e3:.2f} ms; top: "
+            + "; ".join(
+                f"{t['name'][:40]} x{t['count']} {t['ms']:.3f}" for t in out[name]["top"][:6]
+            ),
+            flush=True,
+        )
+    return out
+
+
 def _max_diff(a: list | None, b: list | None) -> float | None:
     if a is None or b is None:
         return None
@@ -458,6 +520,9 @@ def main() -> int:
     ap.add_argument("--dim-fine", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=0, help="timed runs (default 30 CUDA, 7 CPU)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--profile-n", type=int, default=0, help="CUDA: per-kernel profile at this N (0: off)"
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--no-graphs", action="store_true", help="disable CUDA graphs")
     ap.add_argument("--no-half", action="store_true", help="fp32 correlation on CUDA")
@@ -486,7 +551,7 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     variants = ["compile"] if args.compile else [v for v in args.variants.split(",") if v]
-    if any(v not in ("eager", "compile") for v in variants):
+    if any(v not in ("eager", "compile", "compile_gnc") for v in variants):
         print(f"unknown variant in {variants}", file=sys.stderr)
         return 2
     repeats = args.repeats or (30 if dev.type == "cuda" else 7)
@@ -512,6 +577,9 @@ def main() -> int:
         report["cpu_cuda_check"] = cpu_cuda_check(dev)
         print("cpu/cuda check:", json.dumps(report["cpu_cuda_check"]), flush=True)
         graphs.clear()
+    if args.profile_n and dev.type == "cuda":
+        report["kernel_profile"] = profile_kernels(args.profile_n, args, dev)
+        graphs.clear()
     for v in variants:
         t0 = time.perf_counter()
         report["variants"][v] = run_variant(v, args, dev, repeats, t_start)
@@ -522,8 +590,10 @@ def main() -> int:
     report["config"] = first["config"]
     report["sizes"] = first["sizes"]
     report["window_scaling"] = first["window_scaling"]
-    if "eager" in report["variants"] and "compile" in report["variants"]:
-        ev, cv = report["variants"]["eager"]["sizes"], report["variants"]["compile"]["sizes"]
+    for cname in ("compile", "compile_gnc"):
+        if "eager" not in report["variants"] or cname not in report["variants"]:
+            continue
+        ev, cv = report["variants"]["eager"]["sizes"], report["variants"][cname]["sizes"]
         for n, ce in cv.items():
             if n not in ev:
                 continue
@@ -532,7 +602,7 @@ def main() -> int:
                 "tracking": _max_diff(ce["tracking"]["T"], ev[n]["tracking"]["T"]),
                 "msac": _max_diff(ce["msac"]["T"], ev[n]["msac"]["T"]),
             }
-            print(f"[compile] N={n} pose difference vs eager: {ce['vs_eager_max_abs_diff']}")
+            print(f"[{cname}] N={n} pose difference vs eager: {ce['vs_eager_max_abs_diff']}")
     report["wall_s"] = time.perf_counter() - t_start
     text = json.dumps(report, indent=1, default=str)
     if args.out:

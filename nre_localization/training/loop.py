@@ -459,6 +459,12 @@ def train(cfg: TrainConfig, export: str | None = None) -> dict[str, float]:
             save_checkpoint(net, opt, step, train_s, out, cfg)
             t_ckpt = time.time()
 
+    # Stop the loader workers now (not at interpreter exit, where workers still busy with a pair
+    # abort): the final validation and checkpoint below need no more batches.
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if callable(shutdown):
+        shutdown()
+    del it
     summary: dict[str, float] = {}
     if rank == 0:
         if step % cfg.val_every != 0 or not last_val:

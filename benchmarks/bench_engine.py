@@ -315,6 +315,7 @@ def run_variant(
         compile_gnc=is_compile,
         compile_msac=variant == "compile",
         compile_maps=variant == "compile",
+        linear_solver=args.linear_solver,
     )
     cfg = SolverConfig(**base)
     out: dict = {
@@ -520,6 +521,12 @@ def main() -> int:
     ap.add_argument("--dim-fine", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=0, help="timed runs (default 30 CUDA, 7 CPU)")
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument(
+        "--linear-solver",
+        default="cholesky",
+        choices=["cholesky", "gauss_jordan"],
+        help="6x6 solves in the GNC / Newton steps (SolverConfig.linear_solver)",
+    )
     ap.add_argument(
         "--profile-n", type=int, default=0, help="CUDA: per-kernel profile at this N (0: off)"
     )

@@ -157,3 +157,31 @@ def test_compiled_solve_matches_eager() -> None:
     again = solve(scene.query, scene.points, cam, None, cfg)
     assert C.status()["compiles"] == compiles  # guards hold: no recompilation
     assert _diff(again.T_cam_world, res.T_cam_world) == 0.0
+
+
+def test_gauss_jordan_linear_solver_matches_cholesky() -> None:
+    """``SolverConfig.linear_solver="gauss_jordan"`` (no library call in the eager GNC / Newton
+    steps) gives the Cholesky poses on the planted scenes (damped SPD systems): each solve agrees
+    to ~1e-12, the loops' accept / convergence tests on near-tied costs can then stop a step apart
+    (measured 1.4e-5 here, as the fused formulations above)."""
+    for cam in (PINHOLE, OPENCV):
+        scene = make_planted_scene(cam, 300, seed=11, noise_px=0.2)
+        ref = solve(scene.query, scene.points, cam)
+        gj = solve(scene.query, scene.points, cam, None, SolverConfig(linear_solver="gauss_jordan"))
+        assert _diff(gj.T_cam_world, ref.T_cam_world) < 5e-5
+        assert abs(gj.cost_ratio - ref.cost_ratio) < 1e-5
+        assert gj.n_informative == ref.n_informative and gj.reliable == ref.reliable
+        ref_t = solve(scene.query, scene.points, cam, ref.T_cam_world)
+        cfg = SolverConfig(linear_solver="gauss_jordan")
+        gj_t = solve(scene.query, scene.points, cam, ref.T_cam_world, cfg)
+        assert _diff(gj_t.T_cam_world, ref_t.T_cam_world) < 5e-5
+    g = torch.Generator().manual_seed(3)
+    for _ in range(20):  # damped normal matrices of very different scales per axis
+        a = torch.randn(40, 6, generator=g, dtype=torch.float64) * torch.logspace(0, 4, 6)
+        A = a.T @ a
+        A = A + 1e-3 * torch.diag(A.diagonal())
+        b = torch.randn(6, generator=g, dtype=torch.float64)
+        x = torch.linalg.solve(A, b)
+        for method in ("gauss_jordan", "cholesky"):
+            rel = _diff(gnc._solve6(A, b, method), x) / float(x.abs().max())
+            assert rel < 1e-8, (method, rel)

@@ -277,8 +277,12 @@ def _eval(
     T: torch.Tensor,
     sigmas: tuple[float, ...],
     hessian: bool = False,
+    normal: bool = True,
 ) -> _Eval:
     """Evaluate poses ``T [B, 4, 4]`` (f64) at scales ``sigmas`` (``B`` Python floats).
+
+    ``normal=False`` skips the normal equations: ``M`` and ``cost`` are then a 0-d placeholder
+    (not to be read) and ``J64`` is ``J`` cast (the finalisation needs no ``M``).
 
     ``xyz_h [N, 4]`` homogeneous world points. ``sums[b, n, p, q] = s sum_ij gy_p(i) a(i, j)
     gx_q(j)`` with ``g_0 = g``, ``g_1 = g d``, ``g_2 = g d^2`` (``d = q - p`` per axis, ``g`` the
@@ -288,7 +292,7 @@ def _eval(
     ``R = (W J, r, W)`` per point and axis, so ``M[6, 7]`` is the cost.
     """
     if fusing():
-        return _eval_fused(problem, k, xyz_h, T, sigmas, hessian)
+        return _eval_fused(problem, k, xyz_h, T, sigmas, hessian, normal)
     maps = problem.maps
     dev = xyz_h.device
     n, nb = int(xyz_h.shape[0]), int(T.shape[0])
@@ -319,6 +323,8 @@ def _eval(
     vy = V[:, :, 1].reshape(nb * n, c, kk)
     t1 = torch.bmm(a.view(nb * n, kk, kk), vx.transpose(1, 2))  # [BN, K, C]
     sums = torch.bmm(vy, t1).view(nb, n, c, c)
+    if not normal:
+        return _Eval(k.zero64, k.zero64, sums, J, J.to(_F64), valid, cells, Xh[..., 2])
     W = sums[..., 0, 0]
     # (sums[0, 1], sums[1, 0]): flat entries 1 and c of each c x c block (a view, no kernel).
     res = sums.view(nb, n, c * c)[..., 1 : 2 * c - 1 : c - 1]  # [B, N, 2]
@@ -346,6 +352,7 @@ def _eval_fused(
     T: torch.Tensor,
     sigmas: tuple[float, ...],
     hessian: bool = False,
+    normal: bool = True,
 ) -> _Eval:
     """:func:`_eval` written for Inductor (used while ``torch.compile`` traces): the projection,
     the window sums and the normal equations as elementwise products and reductions (which
@@ -386,6 +393,8 @@ def _eval_fused(
     a = maps.data.view(1, n, -1).expand(nb, n, -1).gather(2, idx).view(nb, n, 1, 1, kk, kk)
     prod = a * vy.view(nb, n, c, 1, kk, 1) * vx.view(nb, n, 1, c, 1, kk)
     sums = prod.sum((-1, -2))  # [B, N, C, C]
+    if not normal:
+        return _Eval(k.zero64, k.zero64, sums, J, J.to(_F64), valid, cells, Xh[..., 2])
     W = sums[..., 0, 0]
     res = torch.stack([sums[..., 0, 1], sums[..., 1, 0]], -1)  # [B, N, 2]
     Wc = W[..., None, None].expand(nb, n, 2, 1)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import weakref
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from typing import Any
@@ -35,7 +36,7 @@ import torch
 
 from nre_localization.engine import consts
 
-__all__ = ["bucket_size", "call", "clear", "debug_dump_to", "failed", "status"]
+__all__ = ["bucket_size", "call", "clear", "debug_dump_to", "failed", "new_epoch", "status"]
 
 
 @dataclass
@@ -53,6 +54,8 @@ _POOLS: dict[int | None, Any] = {}  # torch.cuda.graph_pool_handle() per device
 # for every (handle, stream) pair it has run on, never freed: up to ~1 GiB of allocated memory.
 _STREAMS: dict[int | None, Any] = {}
 _INPUTS: dict[tuple[object, ...], torch.Tensor] = {}  # shared static inputs (_static_inputs)
+# Static input buffer (by id) -> (source tensor, its version) it was last filled from, this epoch.
+_FILLED: dict[int, tuple[weakref.ReferenceType[torch.Tensor], int]] = {}
 _FAILED: dict[Hashable, str] = {}
 _REPLAYS: dict[str, int] = {}
 _DUMP: dict[str, Any] = {"dir": None, "files": {}}  # see debug_dump_to
@@ -73,6 +76,29 @@ def clear() -> None:
     _REPLAYS.clear()
     _POOLS.clear()
     _INPUTS.clear()
+    _FILLED.clear()
+
+
+def new_epoch() -> None:
+    """Forget which sources the static input buffers were filled from (the solver calls it at the
+    start of every solve). Within an epoch :func:`call` skips the copy into a static input buffer
+    that already holds the same source tensor object at the same version counter: the stages of
+    one solve pass the same points and maps to several graphs, whose shared buffers (see
+    :func:`_static_inputs`) then get them once. Across epochs every input is copied again, so a
+    caller's tensor written behind autograd's back (DLPack, a NumPy view) is never stale."""
+    _FILLED.clear()
+
+
+def _fill(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """``dst.copy_(src)`` unless ``dst`` already holds ``src`` (this epoch, same version)."""
+    last = _FILLED.get(id(dst))
+    if last is not None and last[0]() is src and last[1] == src._version:
+        return
+    dst.copy_(src)
+    try:
+        _FILLED[id(dst)] = (weakref.ref(src), src._version)
+    except TypeError:  # not weak-referenceable: always copied
+        _FILLED.pop(id(dst), None)
 
 
 def debug_dump_to(directory: str | None) -> None:
@@ -157,7 +183,7 @@ def call(
             torch.cuda.synchronize()
             return fn(*inputs)
     for dst, src in zip(entry.inputs, inputs, strict=True):
-        dst.copy_(src)
+        _fill(dst, src)
     entry.graph.replay()
     name = _name(key)
     _REPLAYS[name] = _REPLAYS.get(name, 0) + 1
@@ -182,7 +208,7 @@ def _static_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]
         buf = _INPUTS.get((*sig, k))
         if buf is None:
             buf = _INPUTS[(*sig, k)] = torch.empty_like(x, memory_format=torch.contiguous_format)
-        buf.copy_(x)
+        _fill(buf, x)
         out.append(buf)
     return tuple(out)
 

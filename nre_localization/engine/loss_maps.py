@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from nre_localization.engine.consts import const
+from nre_localization.engine.consts import cached, const
 from nre_localization.engine.types import MapPoints, QueryFeatures, SolverConfig
 
 __all__ = [
@@ -452,8 +452,11 @@ def bilinear_info(
     del l0
     base = il[..., 1] * wp + il[..., 0]
     del il
-    if index is None:
-        base = base + torch.arange(maps.data.shape[0], device=dev) * (hp * wp)
+    if index is None:  # each map's first flat index: a cached constant (no kernels)
+        nm = int(maps.data.shape[0])
+        base = base + cached(
+            ("map_base", nm, hp * wp), dev, lambda: torch.arange(nm, device=dev) * (hp * wp)
+        )
     else:
         base = base + index * (hp * wp)
     # The four corners in one gather: (y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1).

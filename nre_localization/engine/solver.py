@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable, Hashable
 from dataclasses import replace
 
+import numpy as np
 import torch
 
 from nre_localization.engine import graphs
@@ -136,7 +137,12 @@ def _check_inputs(
         points.validate(query)
     if prior is not None and prior.shape != (4, 4):
         raise InputError("prior must be a finite [4, 4] T_cam_world")
-    sums = [t.sum().to(torch.float64) for t in (query.coarse, *tensors)]
+    # One sum per tensor (float16 ones accumulated into float32: a sum of finite float16 values
+    # can exceed 65504), stacked with type promotion: no per-tensor cast kernels.
+    sums = [
+        t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()
+        for t in (query.coarse, *tensors)
+    ]
     ortho = None
     if prior is not None:
         p = prior.to(device=dev, dtype=torch.float64)
@@ -275,15 +281,16 @@ def _run_pose_stage(
     config: SolverConfig,
 ) -> torch.Tensor:
     """Run a pose-refinement stage (GNC, Newton polish) built by ``make_run(linear_solver)``;
-    returns its pose ``T`` (f64). With CUDA graphs: cuSOLVER's Cholesky first and, if that cannot
-    be captured, the unrolled solver (plain ops); eagerly: Cholesky."""
+    returns its pose ``T`` (f64). The 6x6 solver is ``config.linear_solver`` (compiled units
+    always use the unrolled Cholesky, see :func:`gnc._solve6`); with CUDA graphs a Cholesky that
+    cannot be captured falls back to the Gauss-Jordan solver (plain ops)."""
     dev = inputs[0].device
+    solver = config.linear_solver
     if _use_graphs(dev, config):
-        solver = "cholesky"
-        if graphs.failed((*base, solver, dev.index)):
+        if solver == "cholesky" and graphs.failed((*base, solver, dev.index)):
             solver = "gauss_jordan"
         return _run((*base, solver), make_run(solver), inputs, config)[0]
-    return make_run("cholesky")(*inputs)[0]
+    return make_run(solver)(*inputs)[0]
 
 
 def _fine_gnc(
@@ -515,7 +522,8 @@ def _finalize_device(
     alive: torch.Tensor | None,
 ) -> torch.Tensor:
     """Device part of the finalisation (capturable): ``[55]`` f64 = information matrix (36),
-    ``T`` (16), cost, informative count, median depth of the informative points
+    ``T`` (16), summed information ``sum_n a_n`` (the cost is ``n ln|Omega'|`` minus it),
+    informative count, median depth of the informative points
     (:func:`_finalize_terms`, through ``torch.compile`` with ``config.compile_gnc``)."""
     radius = gnc_radius(config.fine_sigmas)
     problem = GncProblem(xyz, maps, camera.cell_camera(maps.stride), config.fine_sigmas, radius)
@@ -539,7 +547,7 @@ def _finalize_terms(
     ``sum_n J_n^T H_n J_n`` and the verdict's terms are a handful of batched ops (few kernels)."""
     f64 = torch.float64
     maps, xyz = problem.maps, problem.xyz
-    ev = gnc_eval(problem, k, homogeneous(xyz), T64[None], (sg,), True)
+    ev = gnc_eval(problem, k, homogeneous(xyz), T64[None], (sg,), True, normal=False)
     valid = ev.valid[0]
     hpsd = psd_point_hessians(ev.sums[0], sg, xyz.device, exact)
     J = torch.where(valid[:, None, None], ev.J64[0], k.zero64)  # [N, 2, 6] f64
@@ -552,11 +560,9 @@ def _finalize_terms(
     zs = torch.sort(torch.where(use, ev.z[0], math.inf)).values
     kmed = ((use.sum() - 1).clamp_min(0) // 2).view(1)
     zmed = zs.gather(0, kmed)
-    info_pts = maps.log_omega - a
-    if alive is not None:
-        info_pts = info_pts * alive
-    extra = torch.stack([info_pts.sum().to(f64), informative.sum().to(f64), zmed[0].to(f64)])
-    return torch.cat([info6.reshape(-1), T64.reshape(-1), extra])
+    # a = 0 wherever not ok (padding included): sum_alive (ln|Omega'| - a) = n ln|Omega'| - sum a.
+    parts = [a.sum(dtype=f64).view(1), informative.sum(dtype=f64).view(1), zmed.to(f64)]
+    return torch.cat([info6.reshape(-1), T64.reshape(-1), *parts])
 
 
 def _finalize(
@@ -601,25 +607,32 @@ def _finalize_host(
     method: str,
 ) -> PoseResult:
     """Covariance and reliability verdict from the packed device results (CPU, float64)."""
-    info6 = packed[:36].view(6, 6)
+    vals = packed.numpy()  # host math in NumPy: a few us instead of ~50 through torch ops
+    info6 = vals[:36].reshape(6, 6)
     T_cpu = packed[36:52].view(4, 4).clone()
-    cost_f, n_inf, med_depth = float(packed[52]), int(packed[53]), float(packed[54])
+    cost_f = n_alive * log_omega - float(vals[52])
+    n_inf, med_depth = int(vals[53]), float(vals[54])
     if not math.isfinite(med_depth):
         med_depth = 1.0
 
-    ridge = 1e-12 * float(info6.diagonal().sum()) + 1e-300
-    cov = torch.linalg.inv_ex(info6 + ridge * torch.eye(6, dtype=torch.float64))[0]
-    if not torch.isfinite(cov).all():
-        cov = torch.eye(6, dtype=torch.float64) * 1e6
-    cov = 0.5 * (cov + cov.T) * config.covariance_scale
+    ridge = 1e-12 * float(np.trace(info6)) + 1e-300
+    with np.errstate(all="ignore"):
+        try:
+            c = np.linalg.inv(info6 + ridge * np.eye(6))
+        except np.linalg.LinAlgError:
+            c = np.full((6, 6), np.nan)
+    if not np.isfinite(c).all():
+        c = np.eye(6) * 1e6
+    c = 0.5 * (c + c.T) * config.covariance_scale
+    cov = torch.from_numpy(c)
     ratio = cost_f / (n_alive * log_omega)
     reasons = []
     if ratio > config.max_cost_ratio:
         reasons.append(f"cost ratio {ratio:.3f} > {config.max_cost_ratio}")
     if n_inf < config.min_informative:
         reasons.append(f"{n_inf} informative points < {config.min_informative}")
-    rot_std = math.degrees(math.sqrt(max(float(torch.linalg.eigvalsh(cov[3:, 3:]).max()), 0.0)))
-    pos_std = math.sqrt(max(float(torch.linalg.eigvalsh(cov[:3, :3]).max()), 0.0))
+    rot_std = math.degrees(math.sqrt(max(float(np.linalg.eigvalsh(c[3:, 3:]).max()), 0.0)))
+    pos_std = math.sqrt(max(float(np.linalg.eigvalsh(c[:3, :3]).max()), 0.0))
     if rot_std > config.max_rotation_std_deg:
         reasons.append(f"rotation std {rot_std:.2f} deg > {config.max_rotation_std_deg}")
     if pos_std > config.max_relative_translation_std * max(med_depth, 1e-9):
@@ -661,6 +674,7 @@ def _solve(
     n_alive = len(points)
     alive: torch.Tensor | None = None
     if _use_graphs(dev, config):
+        graphs.new_epoch()  # stages of this solve share their static input copies
         nb = graphs.bucket_size(n_alive)
         points = _pad_points(points, nb)
         alive = torch.arange(nb, device=dev) < n_alive

@@ -185,3 +185,17 @@ def test_gauss_jordan_linear_solver_matches_cholesky() -> None:
         for method in ("gauss_jordan", "cholesky"):
             rel = _diff(gnc._solve6(A, b, method), x) / float(x.abs().max())
             assert rel < 1e-8, (method, rel)
+
+
+def test_linear_solver_auto_resolves_per_device() -> None:
+    """The default ``linear_solver="auto"`` is the Cholesky solver on the CPU (bit-identical poses)
+    and an unknown name is a configuration error."""
+    from nre_localization.errors import ConfigError
+
+    assert SolverConfig().linear_solver == "auto"
+    scene = make_planted_scene(PINHOLE, 200, seed=5, noise_px=0.2)
+    auto = solve(scene.query, scene.points, PINHOLE)
+    chol = solve(scene.query, scene.points, PINHOLE, None, SolverConfig(linear_solver="cholesky"))
+    assert torch.equal(auto.T_cam_world, chol.T_cam_world)
+    with pytest.raises(ConfigError):
+        SolverConfig(linear_solver="lu")

@@ -286,6 +286,8 @@ def _run_pose_stage(
     cannot be captured falls back to the Gauss-Jordan solver (plain ops)."""
     dev = inputs[0].device
     solver = config.linear_solver
+    if solver == "auto":
+        solver = "gauss_jordan" if dev.type == "cuda" else "cholesky"
     if _use_graphs(dev, config):
         if solver == "cholesky" and graphs.failed((*base, solver, dev.index)):
             solver = "gauss_jordan"

@@ -182,8 +182,11 @@ class Localizer:
         weights: str | Path | None = None,
         device: str | torch.device | None = "auto",
         config: LocalizerConfig | None = None,
+        solver_config: Any = None,
     ) -> Localizer:
-        """Load the model (``weights`` or the shipped default) and a map built by that model."""
+        """Load the model (``weights`` or the shipped default) and a map built by that model;
+        ``solver_config`` (:class:`~nre_localization.engine.types.SolverConfig`, default: the
+        engine's defaults) is handed to the solver."""
         from nre_localization.maps.format import load_map
         from nre_localization.model.network import load_default_model, load_model
 
@@ -201,7 +204,7 @@ class Localizer:
         nre_map = load_map(
             Path(map_path), expected_fingerprint=model.fingerprint(), require_descriptors=True
         )
-        return cls(nre_map, model, config, dev)
+        return cls(nre_map, model, config, dev, solver_config)
 
     # ------------------------------------------------------------------ state control
     def reset(self) -> None:

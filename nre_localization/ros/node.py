@@ -287,7 +287,10 @@ class LocalizationNode(LifecycleNode):
             max_image_width=p.max_image_width,
             debug=p.publish_debug_image,
         )
-        return Localizer.from_files(p.map_path, p.weights or None, p.device, cfg)
+        from nre_localization.engine.types import SolverConfig
+
+        solver = SolverConfig(compile_gnc=p.compile_solver)
+        return Localizer.from_files(p.map_path, p.weights or None, p.device, cfg, solver)
 
     def _create_entities(self, p: NodeParams) -> None:
         from diagnostic_msgs.msg import DiagnosticArray

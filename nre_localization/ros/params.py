@@ -120,6 +120,13 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("max_tracking_jump_deg", 30.0, float, "deg; same for rotation", 1e-3, 360.0),
     ParamSpec("retrieval_top_k", 5, int, "keyframes retrieved for global relocalisation", 1, 1000),
     ParamSpec("max_map_points", 4000, int, "map points given to the solver per frame", 10, 1e7),
+    ParamSpec(
+        "compile_solver",
+        False,
+        bool,
+        "CUDA: torch.compile the solver's GNC / Newton steps (about 85 s of compilation per "
+        "point bucket at start-up, cached on disk; ~3 ms less per frame on an H100)",
+    ),
 )
 
 _BY_NAME = {p.name: p for p in PARAMS}
@@ -163,6 +170,7 @@ class NodeParams:
     max_tracking_jump_deg: float
     retrieval_top_k: int
     max_map_points: int
+    compile_solver: bool
 
 
 def defaults() -> dict[str, Any]:

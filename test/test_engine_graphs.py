@@ -72,7 +72,9 @@ def test_every_stage_is_capture_safe(
     rec = _record_stages(monkeypatch, cam, method)
     names = {str(k[0]) for k, _, _ in rec}
     expected = {"coarse_maps", "fine_maps", "finalize", f"msac_{method}"}
-    assert expected | {f"coarse_{method}", f"fine_{method}"} <= names
+    argmax_coarse = method == "re" or SolverConfig().coarse_refinement == "argmax"
+    coarse = "coarse_re" if argmax_coarse else f"coarse_{method}"
+    assert expected | {coarse, f"fine_{method}"} <= names
     cfg = SolverConfig()
     for key, fn, inputs in rec:
         chk = _check(fn, *inputs)

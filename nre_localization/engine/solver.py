@@ -712,6 +712,11 @@ def _solve(
             coarse, None, xyz, camera, config, n_alive, "msac_" + method, alive, onehot
         )
         timer.lap("msac")
+        coarse_stage = "coarse_" + method
+        if config.coarse_refinement == "argmax" and not onehot:
+            pad = 2 * gnc_radius(config.coarse_sigmas) + 1
+            cinfo = coarse_info_maps(coarse, pad, alive=alive, onehot=True)
+            coarse_stage = "coarse_re"
         T1 = _gnc(
             xyz,
             cinfo,
@@ -720,7 +725,7 @@ def _solve(
             T0,
             config.coarse_iterations,
             config,
-            "coarse_" + method,
+            coarse_stage,
         )
         timer.lap("coarse_gnc")
         fine = _fine_maps(query, points, coarse, camera, T1, config, alive, onehot)

@@ -117,6 +117,10 @@ class SolverConfig:
     polish_iterations: int = 10
     polish_tol: float = 1e-7
     polish_mode: str = "newton"
+    # Global path, coarse refinement after MSAC: "nre" (GNC on the coarse NRE maps, the paper's
+    # coarse level) or "argmax" (GNC on one-hot maps at each coarse map's argmax, eq. 11; the fine
+    # level stays NRE). See benchmarks/RESULTS.md (rendered held-out scenes) for the comparison.
+    coarse_refinement: str = "argmax"
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable
     # Fine GNC schedule of the tracking path (the prior is already within a few fine cells, so a
@@ -198,6 +202,8 @@ class SolverConfig:
                 raise bad(name, "must be a non-empty tuple of positive numbers")
             if any(b > a for a, b in zip(s, s[1:], strict=False)):
                 raise bad(name, "must be non-increasing")
+        if self.coarse_refinement not in ("nre", "argmax"):
+            raise bad("coarse_refinement", "must be 'nre' or 'argmax'")
         if self.polish_mode not in ("newton", "majoriser"):
             raise bad("polish_mode", "must be 'newton' or 'majoriser'")
         if self.linear_solver not in ("auto", "cholesky", "gauss_jordan"):

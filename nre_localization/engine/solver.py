@@ -3,8 +3,11 @@
 ``solve(query, points, camera, prior, config) -> PoseResult`` (docs/architecture.md).
 
 Global path (``prior is None``): coarse dense loss maps -> MSAC-P3P on their argmins -> GNC-IRLS on
-the coarse maps -> fine maps in windows around the coarse reprojections -> GNC-IRLS on the fine
-maps -> covariance and reliability verdict.
+the coarse maps (``config.coarse_refinement``: one-hot maps at the argmins by default, the NRE maps
+with ``"nre"``; on held-out rendered scenes GNC on the broad coarse NRE maps often drifted out of a
+good MSAC pose's basin, benchmarks/RESULTS.md section 7) -> fine NRE maps in windows around the
+coarse reprojections -> GNC-IRLS + Newton polish on the fine maps -> covariance and reliability
+verdict.
 
 Tracking path (``prior`` given): coarse maps (only their probabilities, for the fine maps'
 coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fine GNC-IRLS on the

@@ -71,10 +71,10 @@ def test_every_stage_is_capture_safe(
 ) -> None:
     rec = _record_stages(monkeypatch, cam, method)
     names = {str(k[0]) for k, _, _ in rec}
-    expected = {"coarse_maps", "fine_maps", "finalize", f"msac_{method}"}
     argmax_coarse = method == "re" or SolverConfig().coarse_refinement == "argmax"
-    coarse = "coarse_re" if argmax_coarse else f"coarse_{method}"
-    assert expected | {coarse, f"fine_{method}"} <= names
+    level = "re" if argmax_coarse else method  # the coarse level's maps (MSAC + coarse GNC)
+    expected = {"coarse_maps", "fine_maps", "finalize", f"msac_{level}", f"coarse_{level}"}
+    assert expected | {f"fine_{method}"} <= names
     cfg = SolverConfig()
     for key, fn, inputs in rec:
         chk = _check(fn, *inputs)

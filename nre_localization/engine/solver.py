@@ -3,9 +3,10 @@
 ``solve(query, points, camera, prior, config) -> PoseResult`` (docs/architecture.md).
 
 Global path (``prior is None``): coarse dense loss maps -> MSAC-P3P on their argmins -> GNC-IRLS on
-the coarse maps (``config.coarse_refinement``: one-hot maps at the argmins by default, the NRE maps
-with ``"nre"``; on held-out rendered scenes GNC on the broad coarse NRE maps often drifted out of a
-good MSAC pose's basin, benchmarks/RESULTS.md section 7) -> fine NRE maps in windows around the
+the coarse maps (``config.coarse_refinement``: by default the whole coarse level - MSAC scoring and
+GNC - runs on one-hot maps at the argmins, with ``"nre"`` on the NRE maps; on held-out rendered
+scenes the broad coarse NRE maps often picked or drifted to a wrong basin where the NRE cost at the
+truth was lower, benchmarks/RESULTS.md section 7) -> fine NRE maps in windows around the
 coarse reprojections -> GNC-IRLS + Newton polish on the fine maps -> covariance and reliability
 verdict.
 
@@ -711,15 +712,14 @@ def _solve(
             if result.reliable or not config.tracking_fallback:
                 result.timings = dict(timer.times, total=timer.total())
                 return result
+        # The coarse level (MSAC scoring + coarse GNC) on argmax maps unless coarse_refinement="nre".
+        coarse_re = onehot or config.coarse_refinement == "argmax"
+        level = "re" if coarse_re else method
         T0, cinfo = _msac_stage(
-            coarse, None, xyz, camera, config, n_alive, "msac_" + method, alive, onehot
+            coarse, None, xyz, camera, config, n_alive, "msac_" + level, alive, coarse_re
         )
         timer.lap("msac")
-        coarse_stage = "coarse_" + method
-        if config.coarse_refinement == "argmax" and not onehot:
-            pad = 2 * gnc_radius(config.coarse_sigmas) + 1
-            cinfo = coarse_info_maps(coarse, pad, alive=alive, onehot=True)
-            coarse_stage = "coarse_re"
+        coarse_stage = "coarse_" + level
         T1 = _gnc(
             xyz,
             cinfo,

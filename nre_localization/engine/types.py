@@ -117,9 +117,9 @@ class SolverConfig:
     polish_iterations: int = 10
     polish_tol: float = 1e-7
     polish_mode: str = "newton"
-    # Global path, coarse refinement after MSAC: "nre" (GNC on the coarse NRE maps, the paper's
-    # coarse level) or "argmax" (GNC on one-hot maps at each coarse map's argmax, eq. 11; the fine
-    # level stays NRE). See benchmarks/RESULTS.md (rendered held-out scenes) for the comparison.
+    # Global path, coarse level (MSAC hypothesis scoring and coarse GNC): "nre" (the coarse NRE
+    # maps, the paper's coarse level) or "argmax" (one-hot maps at each coarse map's argmax, eq. 11;
+    # the fine level stays NRE). See benchmarks/RESULTS.md (rendered held-out scenes, section 7).
     coarse_refinement: str = "argmax"
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable

@@ -226,11 +226,13 @@ def _jpeg(out: np.ndarray, rng: np.random.Generator, cfg: PairConfig) -> np.ndar
     return out
 
 
-def _photometric_fast(img: np.ndarray, rng: np.random.Generator, cfg: PairConfig) -> np.ndarray:
-    """:func:`photometric`'s distribution, with LUTs and the noise field (float32 throughout)."""
-    out = _blur(img, rng, cfg)
-    gain = np.exp(rng.normal(0.0, 0.08, 3)).astype(np.float32)
-    mean = float(np.dot(cv2.mean(out)[:3], gain) / (3 * 255.0))
+def _draw_tone(
+    rng: np.random.Generator, cfg: PairConfig
+) -> tuple[np.ndarray, float, float, float, float]:
+    """The photometric draws shared by both paths, in their fixed order: white-balance gains
+    (float64 ``[3]``), contrast, gamma, noise level and exposure (dark with probability
+    ``cfg.p_dark``, with stronger noise; otherwise up to 1.6x, saturating highlights)."""
+    gain = np.exp(rng.normal(0.0, 0.08, 3))
     contrast = rng.uniform(0.6, 1.4)
     gamma = rng.uniform(0.6, 1.6)
     noise = rng.uniform(0.0, 0.02)
@@ -239,6 +241,15 @@ def _photometric_fast(img: np.ndarray, rng: np.random.Generator, cfg: PairConfig
         noise = rng.uniform(0.01, 0.05)
     else:
         exposure = rng.uniform(0.6, 1.6)
+    return gain, contrast, gamma, noise, exposure
+
+
+def _photometric_fast(img: np.ndarray, rng: np.random.Generator, cfg: PairConfig) -> np.ndarray:
+    """:func:`photometric`'s distribution, with LUTs and the noise field (float32 throughout)."""
+    out = _blur(img, rng, cfg)
+    gain64, contrast, gamma, noise, exposure = _draw_tone(rng, cfg)
+    gain = gain64.astype(np.float32)
+    mean = float(np.dot(cv2.mean(out)[:3], gain) / (3 * 255.0))
     v = np.arange(256, dtype=np.float32)[:, None] / 255.0 * gain[None, :]  # [256, 3]
     val = np.clip((v - mean) * contrast + mean, 0, 1) ** gamma * exposure
     # shot + read noise sigma is a function of the value, hence of the input byte: a second LUT
@@ -259,16 +270,8 @@ def photometric(img: np.ndarray, rng: np.random.Generator, cfg: PairConfig) -> n
         return _photometric_fast(img, rng, cfg)
     out = _blur(img, rng, cfg)
     # White balance, contrast, gamma and exposure are pointwise: one 256-entry table per channel.
-    gain = np.exp(rng.normal(0.0, 0.08, 3))  # white balance
+    gain, contrast, gamma, noise, exposure = _draw_tone(rng, cfg)
     mean = float((out.reshape(-1, 3).mean(0) / 255.0 * gain).mean())
-    contrast = rng.uniform(0.6, 1.4)
-    gamma = rng.uniform(0.6, 1.6)
-    noise = rng.uniform(0.0, 0.02)
-    if rng.random() < cfg.p_dark:
-        exposure = rng.uniform(0.12, 0.45)
-        noise = rng.uniform(0.01, 0.05)
-    else:
-        exposure = rng.uniform(0.6, 1.6)  # > 1 saturates highlights (harsh exposure)
     v = np.arange(256)[:, None] / 255.0 * gain[None, :]  # [256, 3]
     lut = (np.clip((v - mean) * contrast + mean, 0, 1) ** gamma * exposure).astype(np.float32)
     x = np.stack([lut[out[..., c], c] for c in range(3)], axis=-1)

@@ -53,6 +53,31 @@ def _rect(x0: float, y0: float, w: float, h: float) -> np.ndarray:
     return np.array([[x0, y0], [x0 + w, y0], [x0 + w, y0 + h], [x0, y0 + h]], np.float32)
 
 
+def _finish_pair(
+    img_a: np.ndarray,
+    img_b: np.ndarray,
+    pts_a: np.ndarray,
+    pts_b: np.ndarray,
+    valid: np.ndarray,
+    h_ab: np.ndarray,
+    rng: np.random.Generator,
+    cfg: PairConfig,
+) -> dict[str, np.ndarray]:
+    """The pair dictionary of both scene kinds (see :func:`make_scene_pair`), with the independent
+    photometric degradation of each view when ``cfg.photometric``."""
+    if cfg.photometric:
+        img_a = photometric(img_a, rng, cfg)
+        img_b = photometric(img_b, rng, cfg)
+    return {
+        "image_a": img_a,
+        "image_b": img_b,
+        "pts_a": pts_a.astype(np.float32),
+        "pts_b": pts_b.astype(np.float32),
+        "valid": valid,
+        "h_ab": h_ab,
+    }
+
+
 def make_scene_pair(
     photos: list[np.ndarray], rng: np.random.Generator, cfg: PairConfig, n_cards: int | None = None
 ) -> dict[str, np.ndarray] | None:
@@ -141,18 +166,7 @@ def make_scene_pair(
     valid = (
         in_b & (lab_b == lab_a) & ~edge["a"][ia[:, 1], ia[:, 0]] & ~edge["b"][ib[:, 1], ib[:, 0]]
     )
-    image_a, image_b = images["a"], images["b"]
-    if cfg.photometric:
-        image_a = photometric(image_a, rng, cfg)
-        image_b = photometric(image_b, rng, cfg)
-    return {
-        "image_a": image_a,
-        "image_b": image_b,
-        "pts_a": pts_a.astype(np.float32),
-        "pts_b": pts_b.astype(np.float32),
-        "valid": valid,
-        "h_ab": hmap[0],
-    }
+    return _finish_pair(images["a"], images["b"], pts_a, pts_b, valid, hmap[0], rng, cfg)
 
 
 # --- Rooms: boxes of textured planes seen from inside, with boxes and panels, z-buffered ---------
@@ -509,14 +523,4 @@ def make_room_pair(
         & (ratio > 1 / 3)
         & (ratio < 3)
     )
-    if cfg.photometric:
-        img_a = photometric(img_a, rng, cfg)
-        img_b = photometric(img_b, rng, cfg)
-    return {
-        "image_a": img_a,
-        "image_b": img_b,
-        "pts_a": pts_a.astype(np.float32),
-        "pts_b": pts_b.astype(np.float32),
-        "valid": valid,
-        "h_ab": h_main,
-    }
+    return _finish_pair(img_a, img_b, pts_a, pts_b, valid, h_main, rng, cfg)

@@ -16,7 +16,8 @@ cells) is reported next to the timings so a fast-but-wrong configuration is visi
 
 Variants (``--variants``, comma-separated, run one after the other in the same process):
 
-- ``eager``: the stages as captured CUDA graphs of eager PyTorch ops (the default);
+- ``eager``: each path as one captured CUDA graph of eager PyTorch ops (the default;
+  ``SolverConfig.single_graph``);
 - ``compile_gnc``: only ``SolverConfig.compile_gnc`` (GNC slots, Newton steps, finalisation
   compiled; MSAC and the fine maps stay eager CUDA graphs);
 - ``compile``: the same, with ``SolverConfig.compile_gnc``, ``compile_msac`` and ``compile_maps``
@@ -27,6 +28,9 @@ Variants (``--variants``, comma-separated, run one after the other in the same p
   never in the timings. Sizes ``--compile-sizes`` and windows ``--compile-windows`` (compiling is
   slow: by default two sizes, no window scaling), and its poses are compared with the eager
   variant's on the same scenes (``vs_eager_max_abs_diff``).
+- any of them with the suffix ``_stages`` (``eager_stages``, ``compile_gnc_stages``): one graph
+  per stage (``single_graph=False``), for the per-stage breakdown (host work between stages
+  included in the wall time).
 
 ``--graph-nodes-n`` (CUDA): at that N, every captured graph is dumped (``cudaGraphDebugDotPrint``)
 and its nodes are counted by type (``graph_nodes``: kernels, memsets, copies per stage) - the
@@ -46,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import re
 import shutil
@@ -306,15 +311,18 @@ def run_variant(
     t_start: float,
 ) -> dict:
     """All sizes (and the window scaling) of one variant; see the module docstring."""
-    is_compile = variant in ("compile", "compile_gnc")
+    stages = variant.endswith("_stages")  # one graph per stage: per-stage timings
+    kind = variant.removesuffix("_stages")
+    is_compile = kind in ("compile", "compile_gnc")
     base = dict(
+        single_graph=not stages,
         fine_window=args.fine_window,
         msac_hypotheses=args.hypotheses,
         cuda_graphs=not args.no_graphs,
         half_correlation=not args.no_half,
         compile_gnc=is_compile,
-        compile_msac=variant == "compile",
-        compile_maps=variant == "compile",
+        compile_msac=kind == "compile",
+        compile_maps=kind == "compile",
         linear_solver=args.linear_solver,
     )
     cfg = SolverConfig(**base)
@@ -407,7 +415,7 @@ def run_variant(
                 f"[{variant}] window {w:2d}: global p50 "
                 f"{e['global']['stages']['wall']['p50_ms']:8.2f} ms, tracking p50 "
                 f"{e['tracking']['stages']['wall']['p50_ms']:7.2f} ms, fine_maps p50 "
-                f"{e['tracking']['stages']['fine_maps']['p50_ms']:6.2f} ms",
+                f"{e['tracking']['stages'].get('fine_maps', {}).get('p50_ms', math.nan):6.2f} ms",
                 flush=True,
             )
     if dev.type == "cuda":
@@ -433,7 +441,9 @@ def run_variant(
     return out
 
 
-def profile_kernels(n: int, args: argparse.Namespace, dev: torch.device) -> dict:
+def profile_kernels(
+    n: int, args: argparse.Namespace, dev: torch.device, comp: bool = False
+) -> dict:
     """Per-kernel device time of one global solve, one tracking solve and one MSAC run (5000
     hypotheses) at ``n`` points, CUDA graphs off (every kernel launched and traced): kernel
     count, summed device time and the 12 costliest kernels per path. Summed device time far below
@@ -442,9 +452,12 @@ def profile_kernels(n: int, args: argparse.Namespace, dev: torch.device) -> dict
     from torch.profiler import ProfilerActivity, profile
 
     scene = _scene(n, args, dev, seed=n)
-    cfg = SolverConfig(fine_window=args.fine_window, cuda_graphs=False)
+    cfg = SolverConfig(fine_window=args.fine_window, cuda_graphs=False, compile_gnc=comp)
     mcfg = SolverConfig(
-        fine_window=args.fine_window, cuda_graphs=False, msac_hypotheses=args.msac_hypotheses
+        fine_window=args.fine_window,
+        cuda_graphs=False,
+        msac_hypotheses=args.msac_hypotheses,
+        compile_gnc=comp,
     )
     prior = (
         se3.se3_exp(torch.tensor([0.01, -0.01, 0.02, 0.002, -0.002, 0.001], dtype=torch.float64))
@@ -477,7 +490,7 @@ def profile_kernels(n: int, args: argparse.Namespace, dev: torch.device) -> dict
 
         total_us = sum(own_us(e) for e in rows)
         count = sum(e.count for e in rows)
-        top = sorted(rows, key=lambda e: -own_us(e))[:12]
+        top = sorted(rows, key=lambda e: -own_us(e))[:25]
         out[name] = {
             "kernels": count,
             "device_time_ms": total_us / 1e3,
@@ -530,6 +543,11 @@ def main() -> int:
     ap.add_argument(
         "--profile-n", type=int, default=0, help="CUDA: per-kernel profile at this N (0: off)"
     )
+    ap.add_argument(
+        "--profile-compile",
+        action="store_true",
+        help="also profile with SolverConfig.compile_gnc (the compiled units' kernels)",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave)")
     ap.add_argument("--no-graphs", action="store_true", help="disable CUDA graphs")
     ap.add_argument("--no-half", action="store_true", help="fp32 correlation on CUDA")
@@ -558,7 +576,8 @@ def main() -> int:
     if args.threads > 0:
         torch.set_num_threads(args.threads)
     variants = ["compile"] if args.compile else [v for v in args.variants.split(",") if v]
-    if any(v not in ("eager", "compile", "compile_gnc") for v in variants):
+    known = ("eager", "compile", "compile_gnc")
+    if any(v.removesuffix("_stages") not in known for v in variants):
         print(f"unknown variant in {variants}", file=sys.stderr)
         return 2
     repeats = args.repeats or (30 if dev.type == "cuda" else 7)
@@ -587,6 +606,11 @@ def main() -> int:
     if args.profile_n and dev.type == "cuda":
         report["kernel_profile"] = profile_kernels(args.profile_n, args, dev)
         graphs.clear()
+        if args.profile_compile:
+            report["kernel_profile_compile_gnc"] = profile_kernels(
+                args.profile_n, args, dev, comp=True
+            )
+            graphs.clear()
     for v in variants:
         t0 = time.perf_counter()
         report["variants"][v] = run_variant(v, args, dev, repeats, t_start)

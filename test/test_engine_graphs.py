@@ -34,20 +34,26 @@ def _threads() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
-def _record_stages(monkeypatch: pytest.MonkeyPatch, cam: Camera, method: str) -> list[Record]:
-    """Run a global and a tracking solve on the CPU along the graph path; return the stages."""
+def _record_stages(
+    monkeypatch: pytest.MonkeyPatch, cam: Camera, method: str, single: bool = False
+) -> list[Record]:
+    """Run a global and a tracking solve on the CPU along the graph path (one graph per stage,
+    or per path with ``single``); return the stages."""
     rec: list[Record] = []
 
     def run(key, fn, inputs, config):  # noqa: ANN001, ANN202 - same signature as S._run
-        rec.append((key, fn, inputs))
+        if config.cuda_graphs:
+            rec.append((key, fn, inputs))
         return fn(*inputs)
 
     scene = make_planted_scene(cam, 200, seed=5, dim_fine=64)
-    cfg = SolverConfig(msac_hypotheses=256, tracking_fallback=False)
+    cfg = SolverConfig(msac_hypotheses=256, tracking_fallback=False, single_graph=single)
     solve = S.solve_re if method == "re" else S.solve
     plain = solve(scene.query, scene.points, cam, None, cfg)
     monkeypatch.setattr(S, "_run", run)
-    monkeypatch.setattr(S, "_use_graphs", lambda dev, config: True)
+    # As on CUDA: graphs wherever the config asks (the single-graph path runs its stages inside
+    # its own graph with cuda_graphs=False, which must then not be recorded as graphs).
+    monkeypatch.setattr(S, "_use_graphs", lambda dev, config: config.cuda_graphs)
     res = solve(scene.query, scene.points, cam, None, cfg)
     # The graph path (points padded to 256, fixed-shape branches) gives the same answer.
     assert res.reliable, res.reasons
@@ -111,6 +117,23 @@ def test_path_kernel_totals(monkeypatch: pytest.MonkeyPatch) -> None:
     track = sum(_check(fn, *inp).ops for _, fn, inp in rec[split:])
     assert glob <= 2360, glob
     assert track <= 890, track
+
+
+@pytest.mark.parametrize(("cam", "method"), [(CAM, "nre"), (OPENCV, "nre"), (CAM, "re")])
+def test_single_graph_paths_are_capture_safe(
+    monkeypatch: pytest.MonkeyPatch, cam: Camera, method: str
+) -> None:
+    """With ``single_graph`` each path is one stage (the same answer as the plain solve, checked
+    in ``_record_stages``), capture-safe, with the launch count of its per-stage sum."""
+    rec = _record_stages(monkeypatch, cam, method, single=True)
+    assert [str(k[0]) for k, _, _ in rec] == ["solve_global", "solve_tracking"]
+    ops = []
+    for key, fn, inputs in rec:
+        chk = _check(fn, *inputs)
+        assert not chk.violations, f"stage {key[0]}: {chk.violations[:3]}"
+        ops.append(chk.ops)
+    if cam.model == "PINHOLE" and method == "nre":
+        assert ops[0] <= 2360 and ops[1] <= 890, ops  # as test_path_kernel_totals
 
 
 def test_fused_formulations_are_capture_safe(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -218,8 +241,9 @@ class _FakeGraph:
             o.copy_(n)
 
 
+@pytest.mark.parametrize("single", [False, True])
 def test_graph_cache_with_shared_inputs_gives_eager_results(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, single: bool
 ) -> None:
     """graphs.call on the CPU with a fake CUDA-graph API: global and tracking solves (and the
     tracking fallback) through captured-and-replayed stages that share static input buffers equal
@@ -252,10 +276,10 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", fake_graph)
     monkeypatch.setattr(graphs, "call", call)
-    monkeypatch.setattr(S, "_use_graphs", lambda dev, config: True)
+    monkeypatch.setattr(S, "_use_graphs", lambda dev, config: config.cuda_graphs)
     graphs.clear()
     scene = make_planted_scene(CAM, 200, seed=5, dim_fine=64)
-    cfg = SolverConfig(msac_hypotheses=256)
+    cfg = SolverConfig(msac_hypotheses=256, single_graph=single)
     ref = S.solve(scene.query, scene.points, CAM, None, cfg)
     prior = ref.T_cam_world
     ref_t = S.solve(scene.query, scene.points, CAM, prior, cfg)
@@ -263,7 +287,13 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
     far[:3, 3] = torch.tensor([5.0, 0.0, 0.0], dtype=torch.float64)
     far = far @ prior
     ref_f = S.solve(scene.query, scene.points, CAM, far, cfg)
-    monkeypatch.setattr(S, "_run", lambda key, fn, inputs, config: call(key, fn, inputs))
+    monkeypatch.setattr(
+        S,
+        "_run",
+        lambda key, fn, inputs, config: (
+            call(key, fn, inputs) if config.cuda_graphs else fn(*inputs)
+        ),
+    )
     try:
         for _ in range(2):  # capture, then replay
             g = S.solve(scene.query, scene.points, CAM, None, cfg)
@@ -276,9 +306,11 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
         st = graphs.status()
         assert not st["failed"], st["failed"]
         assert st["replays"], st
-        # Static inputs are shared: fewer buffers than graph inputs.
-        n_inputs = sum(len(e.inputs) for e in graphs._CACHE.values())
-        assert len(graphs._INPUTS) < n_inputs
+        if single:  # one graph per path
+            assert {k[0][0] for k in graphs._CACHE} == {"solve_global", "solve_tracking"}
+        else:  # static inputs are shared: fewer buffers than graph inputs
+            n_inputs = sum(len(e.inputs) for e in graphs._CACHE.values())
+            assert len(graphs._INPUTS) < n_inputs
     finally:
         graphs.clear()
 

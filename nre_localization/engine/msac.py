@@ -74,7 +74,9 @@ def _score_projected(
     if fusing():  # elementwise (fused into the scoring by Inductor)
         uvw = P[:, :, 3:] + _mm(P[:, :, :3], xyz.t()[None])
     else:
-        uvw = torch.baddbmm(P[:, :, 3:], P[:, :, :3], xyz.t().expand(h, 3, m))  # [H, 3, M]
+        # One [3H, 3] x [3, M] GEMM (a batched GEMM of H tiny 3x3 products wasted its tiles).
+        uvw = torch.addmm(P[:, :, 3].reshape(3 * h, 1), P[:, :, :3].reshape(3 * h, 3), xyz.t())
+        uvw = uvw.view(h, 3, m)  # [H, 3, M]
     z = uvw[:, 2]
     valid = z > 1e-6
     inv = torch.where(valid, z.reciprocal(), const(0.0, z.dtype, z.device))

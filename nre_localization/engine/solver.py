@@ -604,6 +604,110 @@ def _finalize(
     return _finalize_host(packed, config, n_alive, maps.log_omega, path, method)
 
 
+def _path_stage(
+    query: QueryFeatures, camera: Camera, config: SolverConfig, method: str, tracking: bool
+) -> Stage:
+    """The whole tracking or global path as one stage (one CUDA graph with ``config.single_graph``):
+    ``(coarse [Dc,Hc,Wc], fine [Df,Hf,Wf], desc_coarse [N,Dc], desc_fine [N,Df], xyz [N,3],
+    alive [N], n_alive, k_use (0-d int64)[, prior [4,4] f64]) -> (packed [55] f64,)`` (see
+    :func:`_finalize_device`). The stages are the ones of the per-stage path, run with
+    ``cuda_graphs=False`` inside the caller's capture (so the same code, the same results)."""
+    inner = replace(config, cuda_graphs=False)
+    cs, fs = query.coarse_stride, query.fine_stride
+    onehot = method == "re"
+    coarse_re = onehot or config.coarse_refinement == "argmax"
+    level = "re" if coarse_re else method
+    cpad = 2 * gnc_radius(config.coarse_sigmas) + 1
+
+    def msac_core(
+        cm: CoarseMaps, xyz: torch.Tensor, alive: torch.Tensor, n_t: torch.Tensor, k_t: torch.Tensor
+    ) -> tuple[torch.Tensor, InfoMaps]:
+        cinfo = coarse_info_maps(cm, cpad, alive=alive, onehot=coarse_re)
+        compact = False if config.compile_msac else None
+        T, _ = msac_p3p(cm, cinfo, xyz, camera, inner, n_t, compact=compact, k_use=k_t)
+        return T, cinfo
+
+    def run(
+        cfeat: torch.Tensor,
+        ffeat: torch.Tensor,
+        desc_c: torch.Tensor,
+        desc_f: torch.Tensor,
+        xyz_in: torch.Tensor,
+        alive: torch.Tensor,
+        n_t: torch.Tensor,
+        k_t: torch.Tensor,
+        *prior: torch.Tensor,
+    ) -> tuple[torch.Tensor, ...]:
+        q = QueryFeatures(cfeat, ffeat, cs, fs)
+        pts = MapPoints(xyz_in, desc_c, desc_f)
+        cm = build_coarse_maps(q, pts, inner, alive)
+        xyz = xyz_in.to(torch.float32)
+        if tracking:
+            T0 = prior[0]
+            sigmas, iters = config.tracking_sigmas, config.tracking_iterations
+            polish = config.tracking_polish_iterations
+        else:
+            Tm, cinfo = msac_core(cm, xyz, alive, n_t, k_t)
+            T0 = _gnc(
+                xyz,
+                cinfo,
+                camera,
+                config.coarse_sigmas,
+                Tm,
+                config.coarse_iterations,
+                inner,
+                "coarse_" + level,
+            )
+            sigmas, iters, polish = config.fine_sigmas, config.fine_iterations, config.polish_iterations
+        fine = _fine_maps(q, pts, cm, camera, T0, inner, alive, onehot)
+        T = _fine_gnc(xyz, fine, camera, sigmas, T0, iters, inner, "fine_" + method, polish)
+        return (_finalize_device(xyz, fine, camera, T, inner, alive),)
+
+    return run
+
+
+def _solve_single_graph(
+    query: QueryFeatures,
+    points: MapPoints,
+    camera: Camera,
+    prior: torch.Tensor | None,
+    config: SolverConfig,
+    method: str,
+    n_alive: int,
+    alive: torch.Tensor,
+    timer: Timer,
+) -> PoseResult:
+    """Tracking (when ``prior`` is given) and, if needed, the global path, each as one graph
+    (:func:`_path_stage`); ``points`` are already padded to their bucket, ``alive`` marks the real
+    ones. One host synchronisation per path: the packed results."""
+    dev = query.coarse.device
+    n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
+    k_t = torch.full((), candidate_count(n_alive, config), dtype=torch.int64, device=dev)
+    base = (query.coarse, query.fine, points.desc_coarse, points.desc_fine, points.xyz, alive)
+    inputs = (*base, n_t, k_t)
+    fine_log_omega = math.log(int(query.fine.shape[1]) * int(query.fine.shape[2]) + 1)
+    strides = (query.coarse_stride, query.fine_stride)
+    if prior is not None:
+        fn = _path_stage(query, camera, config, method, tracking=True)
+        T0 = prior.to(device=dev, dtype=torch.float64)
+        key = ("solve_tracking", method, strides, camera, config)
+        packed = _run(key, fn, (*inputs, T0), config)[0].cpu()
+        timer.lap("solve_graph")
+        result = _finalize_host(packed, config, n_alive, fine_log_omega, "tracking", method)
+        timer.lap("finalize")
+        if result.reliable or not config.tracking_fallback:
+            result.timings = dict(timer.times, total=timer.total())
+            return result
+    fn = _path_stage(query, camera, config, method, tracking=False)
+    key = ("solve_global", method, strides, camera, config)
+    packed = _run(key, fn, inputs, config)[0].cpu()
+    timer.lap("solve_graph")
+    result = _finalize_host(packed, config, n_alive, fine_log_omega, "global", method)
+    timer.lap("finalize")
+    result.timings = dict(timer.times, total=timer.total())
+    return result
+
+
 def _finalize_host(
     packed: torch.Tensor,
     config: SolverConfig,
@@ -685,6 +789,11 @@ def _solve(
         points = _pad_points(points, nb)
         alive = torch.arange(nb, device=dev) < n_alive
     timer = Timer(dev, config.sync_timings)
+    if alive is not None and config.single_graph:
+        with torch.no_grad():
+            return _solve_single_graph(
+                query, points, camera, prior, config, method, n_alive, alive, timer
+            )
     with torch.no_grad():
         run, key, wrap = _coarse_stage(query, config)
         cin = (query.coarse, points.desc_coarse) + (() if alive is None else (alive,))

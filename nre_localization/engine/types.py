@@ -150,6 +150,10 @@ class SolverConfig:
     max_relative_translation_std: float = 0.05  # position std / median point depth
     # --- runtime
     cuda_graphs: bool = True  # capture the fixed-shape loops on CUDA (falls back to eager)
+    # With cuda_graphs: each path (tracking, global) is ONE graph from the query features to the
+    # packed results (no host work between stages; timings then give the whole device part as
+    # "solve_graph"). False: one graph per stage, with per-stage timings (benchmark breakdowns).
+    single_graph: bool = True
     # torch.compile (Inductor; opt-in, needs a C++ compiler on the CPU or Triton on CUDA): GNC slots,
     # Newton steps and the finalisation's evaluation (compile_gnc); the MSAC-P3P stage
     # (compile_msac); the fine maps (compile_maps). Compiled once per shape, before any CUDA-graph

@@ -658,7 +658,11 @@ def _path_stage(
                 inner,
                 "coarse_" + level,
             )
-            sigmas, iters, polish = config.fine_sigmas, config.fine_iterations, config.polish_iterations
+            sigmas, iters, polish = (
+                config.fine_sigmas,
+                config.fine_iterations,
+                config.polish_iterations,
+            )
         fine = _fine_maps(q, pts, cm, camera, T0, inner, alive, onehot)
         T = _fine_gnc(xyz, fine, camera, sigmas, T0, iters, inner, "fine_" + method, polish)
         return (_finalize_device(xyz, fine, camera, T, inner, alive),)

@@ -130,7 +130,8 @@ def test_const_is_a_literal_while_tracing() -> None:
 
 @pytest.mark.slow
 @needs_cxx
-def test_compiled_solve_matches_eager() -> None:
+@pytest.mark.parametrize("only_gnc", [False, True])
+def test_compiled_solve_matches_eager(only_gnc: bool) -> None:
     """GNC slots, Newton steps, finalisation, MSAC and fine maps compiled by Inductor (CPU):
     same poses as eager up to float summation order (measured 1e-7 on bench_engine's N = 1000
     scene, 1.2e-5 here: the fused reductions add in another order and the loops stop one
@@ -139,17 +140,19 @@ def test_compiled_solve_matches_eager() -> None:
     cam = PINHOLE
     scene = make_planted_scene(cam, 150, seed=4, noise_px=0.3, dim_fine=64)
     base = dict(msac_hypotheses=128, tracking_fallback=False)
-    cfg = SolverConfig(**base, compile_gnc=True, compile_msac=True, compile_maps=True)
+    whole = not only_gnc  # compile_gnc alone compiles MSAC's scoring instead of the whole stage
+    cfg = SolverConfig(**base, compile_gnc=True, compile_msac=whole, compile_maps=whole)
     ref = solve(scene.query, scene.points, cam, None, SolverConfig(**base))
     ref_t = solve(scene.query, scene.points, cam, ref.T_cam_world, SolverConfig(**base))
     C.reset()
     res = solve(scene.query, scene.points, cam, None, cfg)
     res_t = solve(scene.query, scene.points, cam, ref.T_cam_world, cfg)
     st = C.status()
-    units = {"gnc_slot", "newton_terms", "newton_step", "finalize", "msac", "fine_maps"}
+    units = {"gnc_slot", "newton_terms", "newton_step", "finalize"}
+    units |= {"msac_scoring"} if only_gnc else {"msac", "fine_maps"}
     failed = {k: v for k, v in st["failed"].items() if k in units}  # type: ignore[attr-defined]
     assert failed == {}, failed
-    assert units <= set(st["compiles"]), st["compiles"]
+    assert units <= set(st["calls"]), st["calls"]  # (compiled here or by an earlier test)
     assert _diff(res.T_cam_world, ref.T_cam_world) < 5e-5
     assert _diff(res_t.T_cam_world, ref_t.T_cam_world) < 5e-5
     assert res.reliable and res_t.reliable

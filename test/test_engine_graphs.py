@@ -8,6 +8,7 @@ which records host->device copies, CPU tensors, host synchronisations and data-d
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Hashable, Iterator
 
 import pytest
@@ -133,7 +134,8 @@ def test_single_graph_paths_are_capture_safe(
         assert not chk.violations, f"stage {key[0]}: {chk.violations[:3]}"
         ops.append(chk.ops)
     if cam.model == "PINHOLE" and method == "nre":
-        assert ops[0] <= 2360 and ops[1] <= 890, ops  # as test_path_kernel_totals
+        # test_path_kernel_totals plus the in-graph input check and padding mask [2313, 898]
+        assert ops[0] <= 2380 and ops[1] <= 910, ops
 
 
 def test_fused_formulations_are_capture_safe(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -349,3 +351,29 @@ def test_static_inputs_are_copied_once_per_solve(monkeypatch: pytest.MonkeyPatch
         monkeypatch.undo()
         graphs.clear()
     assert torch.equal(buf, src)
+
+
+def test_single_graph_path_rejects_bad_inputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The single-graph path checks finiteness inside its graph: bad inputs still raise the
+    detailed InputError (after the replay), good ones do not."""
+    from nre_localization.errors import InputError
+
+    monkeypatch.setattr(S, "_use_graphs", lambda dev, config: config.cuda_graphs)
+    monkeypatch.setattr(S, "_run", lambda key, fn, inputs, config: fn(*inputs))
+    scene = make_planted_scene(CAM, 100, seed=3, dim_fine=32)
+    cfg = SolverConfig(msac_hypotheses=128)
+    ok = S.solve(scene.query, scene.points, CAM, None, cfg)
+    assert ok.reliable
+    bad = scene.points.desc_fine.clone()
+    bad[7, 3] = math.nan
+    pts = S.MapPoints(scene.points.xyz, scene.points.desc_coarse, bad)
+    with pytest.raises(InputError, match="desc_fine"):
+        S.solve(scene.query, pts, CAM, None, cfg)
+    nan_prior = ok.T_cam_world.clone()
+    nan_prior[0, 3] = math.nan
+    with pytest.raises(InputError, match="finite"):
+        S.solve(scene.query, scene.points, CAM, nan_prior, cfg)
+    skew = ok.T_cam_world.clone()
+    skew[0, 0] *= 1.1
+    with pytest.raises(InputError, match="orthonormal"):
+        S.solve(scene.query, scene.points, CAM, skew, cfg)

@@ -1,7 +1,8 @@
 """Opt-in ``torch.compile`` (Inductor) of the engine's hot loops, with an eager fallback.
 
-``SolverConfig.compile_gnc`` runs the GNC slots, the Newton polish steps and the finalisation's
-evaluation through :func:`compiled`; ``SolverConfig.compile_msac`` the whole MSAC-P3P stage. On the
+``SolverConfig.compile_gnc`` runs the GNC slots, the Newton polish steps, the finalisation's
+evaluation and MSAC's hypothesis scoring through :func:`compiled`; ``SolverConfig.compile_msac``
+the whole MSAC-P3P stage. On the
 GPU Inductor fuses each unit's elementwise work into a few Triton kernels; on the CPU into C++
 loops. The units are compiled with
 

@@ -32,7 +32,9 @@ Each slot (:func:`_slot`) and each Newton step (:func:`_newton_step`) is a unit 
 ``torch.compile`` can take whole (``compile_step``). While it traces (:func:`fusing`), the
 evaluation, the 6x6 solve, the retraction and the PSD projection switch to formulations made of
 elementwise products and short reductions (no small GEMMs, no cuSOLVER call), which Inductor fuses
-into a dozen or so kernels per slot instead of ~50 eager ones; results agree to float rounding.
+into a dozen or so kernels per slot instead of ~50 eager ones; results agree to float rounding. The
+sums over all points stay GEMMs (a reduction to a few dozen outputs fused with its producers runs
+on too few thread blocks).
 """
 
 from __future__ import annotations
@@ -400,7 +402,11 @@ def _eval_fused(
     Wc = W[..., None, None].expand(nb, n, 2, 1)
     L = torch.cat([J, ccost.expand(nb, n, 2, 1)], -1).to(_F64)  # [B, N, 2, 7]
     R = torch.cat([J * Wc, res[..., None], Wc], -1).to(_F64)  # [B, N, 2, 8]
-    M = (L[..., :, None] * R[..., None, :]).sum((1, 2))  # [B, 7, 8]
+    # The reduction over points as a (cuBLAS) batched GEMM: written as a broadcast product and a
+    # sum, Inductor fused it with its producers into one reduction kernel with only 7 x 8 x B
+    # rows, 30-120 us per evaluation on an H200 (a third of the compiled global solve's device
+    # time); the GEMM reads the materialised L and R once (~10 us).
+    M = torch.matmul(L.view(nb, 2 * n, 7).transpose(1, 2), R.view(nb, 2 * n, 8))  # [B, 7, 8]
     return _Eval(
         M=M,
         cost=M[:, 6, 7],
@@ -521,7 +527,7 @@ def _jhj(J: torch.Tensor, Hp: torch.Tensor, eps: torch.Tensor | None = None) -> 
     n = int(J.shape[0])
     if fusing():
         HJ = (Hp[:, :, :, None] * J[:, None, :, :]).sum(2)  # [N, 2, 6] (length-2 sum)
-        out = (J[:, :, :, None] * HJ[:, :, None, :]).sum((0, 1))
+        out = J.reshape(2 * n, 6).T @ HJ.reshape(2 * n, 6)  # a GEMM: see _eval_fused's M
         return out if eps is None else out + eps
     HJ = torch.bmm(Hp, J).view(2 * n, 6)
     if eps is None:

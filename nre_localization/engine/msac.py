@@ -17,6 +17,7 @@ import math
 
 import torch
 
+from nre_localization.engine.compiled import compiled
 from nre_localization.engine.consts import cached, const
 from nre_localization.engine.gnc import fusing
 from nre_localization.engine.loss_maps import CoarseMaps, InfoMaps, argmax_cells, nre_cost
@@ -172,17 +173,22 @@ def msac_p3p(
         chunk = min(chunk, max(1, (1 << 18) // max(1, m)))
     pinhole = ccam.model == "PINHOLE"
     P = _projections(R, t, ccam) if pinhole else None  # all poses at once (f32 K [R | t])
+    score_p = _score_projected
+    if config.compile_gnc and not torch.compiler.is_compiling():
+        # Projection, bilinear reads and the sum over points fused by Inductor into one
+        # reduction kernel per chunk (eagerly ~40 elementwise kernels over [chunk, M]).
+        score_p = compiled(_score_projected, "msac_scoring")
     scores = []
     for s in range(0, R.shape[0], chunk):
         if P is not None:
-            scores.append(_score_projected(P[s : s + chunk], xs, info, sub))
+            scores.append(score_p(P[s : s + chunk], xs, info, sub))
         else:
             scores.append(score_poses(R[s : s + chunk], t[s : s + chunk], xs, info, ccam, sub))
     score = scores[0] if len(scores) == 1 else torch.cat(scores)  # f32 sums
     score = torch.where(ok, score, const(math.inf, score.dtype, dev))
     top = torch.topk(score, min(config.msac_refine_top, score.shape[0]), largest=False).indices
     if P is not None:
-        full = _score_projected(P[top], xyz, info)
+        full = score_p(P[top], xyz, info)
     else:
         full = score_poses(R[top], t[top], xyz, info, ccam)
     full = torch.where(ok[top], full, const(math.inf, full.dtype, dev))

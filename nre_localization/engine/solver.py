@@ -51,6 +51,7 @@ import torch
 
 from nre_localization.engine import graphs
 from nre_localization.engine.compiled import compiled
+from nre_localization.engine.consts import cached
 from nre_localization.engine.gnc import (
     GncProblem,
     gnc_iterate,
@@ -114,10 +115,14 @@ class Timer:
 
 
 def _check_inputs(
-    query: QueryFeatures, points: MapPoints, camera: Camera, prior: torch.Tensor | None
+    query: QueryFeatures,
+    points: MapPoints,
+    camera: Camera,
+    prior: torch.Tensor | None,
 ) -> None:
     """Shapes and devices on the host; finiteness (and the prior's orthonormality) in one device
-    reduction, so the whole check costs a single host synchronisation."""
+    reduction, so the whole check costs a single host synchronisation (a prior on the CPU is
+    checked there)."""
     if query.coarse.dim() != 3 or query.fine.dim() != 3:
         query.validate()  # raises with the detailed message
     if not isinstance(camera, Camera):
@@ -141,6 +146,13 @@ def _check_inputs(
         points.validate(query)
     if prior is not None and prior.shape != (4, 4):
         raise InputError("prior must be a finite [4, 4] T_cam_world")
+    if prior is not None and prior.device.type == "cpu":  # checked here: no device work
+        pn = prior.detach().to(torch.float64).numpy()
+        if not np.isfinite(pn).all():
+            raise InputError("prior must be a finite [4, 4] T_cam_world")
+        if np.abs(pn[:3, :3].T @ pn[:3, :3] - np.eye(3)).max() > 1e-3:
+            raise InputError("prior rotation is not orthonormal")
+        prior = None
     # One sum per tensor (float16 ones accumulated into float32: a sum of finite float16 values
     # can exceed 65504), stacked with type promotion: no per-tensor cast kernels.
     sums = [
@@ -158,12 +170,19 @@ def _check_inputs(
         flags = torch.cat([flags, (ortho <= 1e-3)[None]])
     if bool(flags.all()):  # the one host sync
         return
+    _raise_input_error(query, points, prior)
+
+
+def _raise_input_error(query: QueryFeatures, points: MapPoints, prior: torch.Tensor | None) -> None:
+    """Raise the detailed :class:`InputError` for inputs whose device check failed."""
     query.validate()
     points.validate(query)
     if prior is not None:
-        if not bool(flags[len(tensors) + 1]):
+        p = prior.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(p).all()):
             raise InputError("prior must be a finite [4, 4] T_cam_world")
         raise InputError("prior rotation is not orthonormal")
+    raise InputError("non-finite input")  # not reached: one of the checks above raises
 
 
 def _project_cells(
@@ -609,8 +628,8 @@ def _path_stage(
 ) -> Stage:
     """The whole tracking or global path as one stage (one CUDA graph with ``config.single_graph``):
     ``(coarse [Dc,Hc,Wc], fine [Df,Hf,Wf], desc_coarse [N,Dc], desc_fine [N,Df], xyz [N,3],
-    alive [N], n_alive, k_use (0-d int64)[, prior [4,4] f64]) -> (packed [55] f64,)`` (see
-    :func:`_finalize_device`). The stages are the ones of the per-stage path, run with
+    n_alive (0-d int64)[, prior [4,4] f64]) -> (packed [55] f64,)`` (:func:`_finalize_device`).
+    The first ``n_alive`` points are real, the rest padding. The stages are the ones of the per-stage path, run with
     ``cuda_graphs=False`` inside the caller's capture (so the same code, the same results)."""
     inner = replace(config, cuda_graphs=False)
     cs, fs = query.coarse_stride, query.fine_stride
@@ -627,17 +646,23 @@ def _path_stage(
         T, _ = msac_p3p(cm, cinfo, xyz, camera, inner, n_t, compact=compact, k_use=k_t)
         return T, cinfo
 
+    frac, kmin = config.msac_candidate_fraction, config.msac_min_candidates
+
     def run(
         cfeat: torch.Tensor,
         ffeat: torch.Tensor,
         desc_c: torch.Tensor,
         desc_f: torch.Tensor,
         xyz_in: torch.Tensor,
-        alive: torch.Tensor,
         n_t: torch.Tensor,
-        k_t: torch.Tensor,
         *prior: torch.Tensor,
     ) -> tuple[torch.Tensor, ...]:
+        dev = xyz_in.device
+        nb = int(xyz_in.shape[0])
+        alive = cached(("arange", nb), dev, lambda: torch.arange(nb, device=dev)) < n_t
+        # candidate_count on the device: min(n, max(kmin, ceil(frac n)))
+        k_t = torch.ceil(n_t.to(torch.float64) * frac).long().clamp_min(kmin)
+        k_t = torch.minimum(k_t, n_t)
         q = QueryFeatures(cfeat, ffeat, cs, fs)
         pts = MapPoints(xyz_in, desc_c, desc_f)
         cm = build_coarse_maps(q, pts, inner, alive)
@@ -678,7 +703,6 @@ def _solve_single_graph(
     config: SolverConfig,
     method: str,
     n_alive: int,
-    alive: torch.Tensor,
     timer: Timer,
 ) -> PoseResult:
     """Tracking (when ``prior`` is given) and, if needed, the global path, each as one graph
@@ -686,9 +710,7 @@ def _solve_single_graph(
     ones. One host synchronisation per path: the packed results."""
     dev = query.coarse.device
     n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
-    k_t = torch.full((), candidate_count(n_alive, config), dtype=torch.int64, device=dev)
-    base = (query.coarse, query.fine, points.desc_coarse, points.desc_fine, points.xyz, alive)
-    inputs = (*base, n_t, k_t)
+    inputs = (query.coarse, query.fine, points.desc_coarse, points.desc_fine, points.xyz, n_t)
     fine_log_omega = math.log(int(query.fine.shape[1]) * int(query.fine.shape[2]) + 1)
     strides = (query.coarse_stride, query.fine_stride)
     if prior is not None:
@@ -780,12 +802,22 @@ def _solve(
     config: SolverConfig,
     method: str,
 ) -> PoseResult:
+    dev = query.coarse.device
+    single = _use_graphs(dev, config) and config.single_graph
+    # Before any device work: a NaN reaching an index computation would be an out-of-bounds
+    # gather, i.e. a device-side assert that ends the CUDA context.
     _check_inputs(query, points, camera, prior)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
-    dev = query.coarse.device
     onehot = method == "re"
     n_alive = len(points)
+    if single:
+        graphs.new_epoch()
+        points = _pad_points(points, graphs.bucket_size(n_alive))
+        # No timer synchronisations: the one host sync (the packed results) ends the device part.
+        timer = Timer(dev, False)
+        with torch.no_grad():
+            return _solve_single_graph(query, points, camera, prior, config, method, n_alive, timer)
     alive: torch.Tensor | None = None
     if _use_graphs(dev, config):
         graphs.new_epoch()  # stages of this solve share their static input copies
@@ -793,11 +825,6 @@ def _solve(
         points = _pad_points(points, nb)
         alive = torch.arange(nb, device=dev) < n_alive
     timer = Timer(dev, config.sync_timings)
-    if alive is not None and config.single_graph:
-        with torch.no_grad():
-            return _solve_single_graph(
-                query, points, camera, prior, config, method, n_alive, alive, timer
-            )
     with torch.no_grad():
         run, key, wrap = _coarse_stage(query, config)
         cin = (query.coarse, points.desc_coarse) + (() if alive is None else (alive,))

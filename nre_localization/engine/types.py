@@ -155,7 +155,8 @@ class SolverConfig:
     # "solve_graph"). False: one graph per stage, with per-stage timings (benchmark breakdowns).
     single_graph: bool = True
     # torch.compile (Inductor; opt-in, needs a C++ compiler on the CPU or Triton on CUDA): GNC slots,
-    # Newton steps and the finalisation's evaluation (compile_gnc); the MSAC-P3P stage
+    # Newton steps, the finalisation's evaluation and MSAC's hypothesis scoring (compile_gnc);
+    # the whole MSAC-P3P stage
     # (compile_msac); the fine maps (compile_maps). Compiled once per shape, before any CUDA-graph
     # capture (engine/compiled.py); a unit that fails to compile runs eagerly.
     compile_gnc: bool = False

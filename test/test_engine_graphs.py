@@ -14,6 +14,7 @@ from collections.abc import Callable, Hashable, Iterator
 import pytest
 import torch
 
+from nre_localization.engine import graphs
 from nre_localization.engine import solver as S
 from nre_localization.engine.graph_check import CaptureCheck
 from nre_localization.engine.synthetic import make_planted_scene
@@ -42,7 +43,8 @@ def _record_stages(
     or per path with ``single``); return the stages."""
     rec: list[Record] = []
 
-    def run(key, fn, inputs, config):  # noqa: ANN001, ANN202 - same signature as S._run
+    def run(key, fn, inputs, config, copy_outputs=True):  # noqa: ANN001, ANN202 - as S._run
+        inputs = graphs.materialize(inputs)
         if config.cuda_graphs:
             rec.append((key, fn, inputs))
         return fn(*inputs)
@@ -252,17 +254,15 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
     the plain CPU solves, on the first (capture) and later (replay) calls."""
     import contextlib
 
-    from nre_localization.engine import graphs
-
     @contextlib.contextmanager
     def fake_graph(g: _FakeGraph, pool: object = None):  # noqa: ANN202
         yield
 
     real_call = graphs.call
 
-    def call(key, fn, inputs, warmup=2):  # noqa: ANN001, ANN202
+    def call(key, fn, inputs, warmup=2, copy_outputs=True):  # noqa: ANN001, ANN202
         _FakeGraph.stage = fn  # a graph created now replays this stage
-        return real_call(key, fn, inputs, warmup)
+        return real_call(key, fn, inputs, warmup, copy_outputs)
 
     class _Stream:
         def __init__(self, device: object = None) -> None:
@@ -292,8 +292,10 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
     monkeypatch.setattr(
         S,
         "_run",
-        lambda key, fn, inputs, config: (
-            call(key, fn, inputs) if config.cuda_graphs else fn(*inputs)
+        lambda key, fn, inputs, config, copy_outputs=True: (
+            call(key, fn, inputs, copy_outputs=copy_outputs)
+            if config.cuda_graphs
+            else fn(*graphs.materialize(inputs))
         ),
     )
     try:
@@ -320,7 +322,6 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
 def test_static_inputs_are_copied_once_per_solve(monkeypatch: pytest.MonkeyPatch) -> None:
     """Within one epoch (one solve) a static input buffer that already holds the same source
     tensor (same version) is not copied again; a new version or a new epoch copies it."""
-    from nre_localization.engine import graphs
 
     graphs.clear()
     copies: list[int] = []
@@ -359,11 +360,14 @@ def test_single_graph_path_rejects_bad_inputs(monkeypatch: pytest.MonkeyPatch) -
     from nre_localization.errors import InputError
 
     monkeypatch.setattr(S, "_use_graphs", lambda dev, config: config.cuda_graphs)
-    monkeypatch.setattr(S, "_run", lambda key, fn, inputs, config: fn(*inputs))
+    monkeypatch.setattr(
+        S, "_run", lambda key, fn, inputs, config, **kw: fn(*graphs.materialize(inputs))
+    )
     scene = make_planted_scene(CAM, 100, seed=3, dim_fine=32)
     cfg = SolverConfig(msac_hypotheses=128)
     ok = S.solve(scene.query, scene.points, CAM, None, cfg)
     assert ok.reliable
+    tracked = S.solve(scene.query, scene.points, CAM, ok.T_cam_world, cfg)
     bad = scene.points.desc_fine.clone()
     bad[7, 3] = math.nan
     pts = S.MapPoints(scene.points.xyz, scene.points.desc_coarse, bad)
@@ -377,3 +381,33 @@ def test_single_graph_path_rejects_bad_inputs(monkeypatch: pytest.MonkeyPatch) -
     skew[0, 0] *= 1.1
     with pytest.raises(InputError, match="orthonormal"):
         S.solve(scene.query, scene.points, CAM, skew, cfg)
+    # Device tensors (here the fine features) are checked inside the graph, then raise.
+    feats = scene.query.fine.clone()
+    feats[0, 5, 5] = math.inf
+    q = S.QueryFeatures(scene.query.coarse, feats, scene.query.coarse_stride, 2)
+    with pytest.raises(InputError, match="NaN or Inf"):
+        S.solve(q, scene.points, CAM, ok.T_cam_world, cfg)
+    # Still good after bad frames.
+    again = S.solve(scene.query, scene.points, CAM, ok.T_cam_world, cfg)
+    assert again.reliable and torch.equal(again.T_cam_world, tracked.T_cam_world)
+
+
+def test_padded_inputs_fill_leading_rows_and_clear_the_rest() -> None:
+    """A Padded input fills the leading rows of its static buffer; rows a previous (longer)
+    fill wrote are zeroed; materialize pads the same way."""
+    graphs.clear()
+    buf = torch.zeros(4, 2)
+    graphs._ROWS[id(buf)] = 0
+    try:
+        graphs.new_epoch()
+        graphs._fill(buf, graphs.Padded(torch.ones(3, 2), 4))
+        assert torch.equal(buf, torch.tensor([[1.0, 1], [1, 1], [1, 1], [0, 0]]))
+        graphs._fill(buf, graphs.Padded(torch.full((1, 2), 2.0), 4))
+        assert torch.equal(buf, torch.tensor([[2.0, 2], [0, 0], [0, 0], [0, 0]]))
+        graphs._fill(buf, torch.full((4, 2), 3.0))  # a full fill: every row may be non-zero
+        graphs._fill(buf, graphs.Padded(torch.ones(2, 2), 4))
+        assert torch.equal(buf, torch.tensor([[1.0, 1], [1, 1], [0, 0], [0, 0]]))
+        (m,) = graphs.materialize((graphs.Padded(torch.ones(2, 2), 4),))
+        assert torch.equal(m, buf)
+    finally:
+        graphs.clear()

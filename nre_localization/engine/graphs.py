@@ -36,7 +36,48 @@ import torch
 
 from nre_localization.engine import consts
 
-__all__ = ["bucket_size", "call", "clear", "debug_dump_to", "failed", "new_epoch", "status"]
+__all__ = [
+    "Padded",
+    "bucket_size",
+    "call",
+    "clear",
+    "debug_dump_to",
+    "failed",
+    "materialize",
+    "new_epoch",
+    "status",
+]
+
+
+@dataclass(frozen=True)
+class Padded:
+    """A graph input given with fewer rows than its static buffer: ``tensor [m, ...]`` fills rows
+    ``[0, m)`` of a ``[rows, ...]`` buffer whose other rows are zero. The solver passes its
+    per-point inputs this way: one copy into the captured buffer instead of padding them into a
+    new tensor first (three host-side launches fewer per input, which count on the tracking
+    path)."""
+
+    tensor: torch.Tensor
+    rows: int
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return (self.rows, *self.tensor.shape[1:])
+
+
+Input = torch.Tensor | Padded
+
+
+def materialize(inputs: tuple[Input, ...]) -> tuple[torch.Tensor, ...]:
+    """The inputs as plain tensors (``Padded`` ones padded with zero rows)."""
+    out = []
+    for x in inputs:
+        if isinstance(x, Padded):
+            t = x.tensor
+            extra = x.rows - int(t.shape[0])
+            x = torch.cat([t, t.new_zeros((extra, *t.shape[1:]))]) if extra > 0 else t
+        out.append(x)
+    return tuple(out)
 
 
 @dataclass
@@ -56,6 +97,8 @@ _STREAMS: dict[int | None, Any] = {}
 _INPUTS: dict[tuple[object, ...], torch.Tensor] = {}  # shared static inputs (_static_inputs)
 # Static input buffer (by id) -> (source tensor, its version) it was last filled from, this epoch.
 _FILLED: dict[int, tuple[weakref.ReferenceType[torch.Tensor], int]] = {}
+# Static input buffer (by id) -> rows that may be non-zero (absent: all of them), for Padded fills.
+_ROWS: dict[int, int] = {}
 _FAILED: dict[Hashable, str] = {}
 _REPLAYS: dict[str, int] = {}
 _DUMP: dict[str, Any] = {"dir": None, "files": {}}  # see debug_dump_to
@@ -77,6 +120,7 @@ def clear() -> None:
     _POOLS.clear()
     _INPUTS.clear()
     _FILLED.clear()
+    _ROWS.clear()
 
 
 def new_epoch() -> None:
@@ -89,12 +133,23 @@ def new_epoch() -> None:
     _FILLED.clear()
 
 
-def _fill(dst: torch.Tensor, src: torch.Tensor) -> None:
-    """``dst.copy_(src)`` unless ``dst`` already holds ``src`` (this epoch, same version)."""
+def _fill(dst: torch.Tensor, x: Input) -> None:
+    """``dst.copy_(x)`` unless ``dst`` already holds ``x`` (this epoch, same version); a
+    :class:`Padded` input fills the leading rows and zeroes the rows a previous fill left."""
+    src = x.tensor if isinstance(x, Padded) else x
     last = _FILLED.get(id(dst))
     if last is not None and last[0]() is src and last[1] == src._version:
         return
-    dst.copy_(src)
+    if isinstance(x, Padded):
+        m = int(src.shape[0])
+        dst[:m].copy_(src)
+        used = _ROWS.get(id(dst), int(dst.shape[0]))
+        if used > m:
+            dst[m:used].zero_()
+        _ROWS[id(dst)] = m
+    else:
+        dst.copy_(src)
+        _ROWS.pop(id(dst), None)
     try:
         _FILLED[id(dst)] = (weakref.ref(src), src._version)
     except TypeError:  # not weak-referenceable: always copied
@@ -130,21 +185,24 @@ def status() -> dict[str, object]:
 def call(
     key: Hashable,
     fn: Callable[..., tuple[torch.Tensor, ...]],
-    inputs: tuple[torch.Tensor, ...],
+    inputs: tuple[Input, ...],
     warmup: int = 2,
+    copy_outputs: bool = True,
 ) -> tuple[torch.Tensor, ...]:
     """``fn(*inputs)`` through a CUDA graph cached under ``key`` (eager if capture failed).
 
     ``fn`` must only read its arguments and Python constants, must not synchronise with the host,
-    and returns a tuple of tensors. Returned tensors are fresh copies. The cache key is extended
-    with the inputs' shapes and dtypes, so a stage called with another point bucket or map size
-    captures a graph of its own instead of replaying one of the wrong shape.
+    and returns a tuple of tensors. Returned tensors are fresh copies (``copy_outputs=False``:
+    the graph's own output buffers, valid until its next replay - for a caller that copies them
+    to the host at once). The cache key is extended with the inputs' shapes and dtypes, so a
+    stage called with another point bucket or map size captures a graph of its own instead of
+    replaying one of the wrong shape. Inputs may be :class:`Padded`.
     """
-    key = (key, tuple((tuple(x.shape), x.dtype) for x in inputs))
+    key = (key, tuple((tuple(x.shape), _dtype(x)) for x in inputs))
     entry = _CACHE.get(key)
     if entry is None:
         if key in _FAILED:
-            return fn(*inputs)
+            return fn(*materialize(inputs))
         static_in = _static_inputs(inputs)
         try:
             side = _STREAMS.get(static_in[0].device.index)
@@ -181,16 +239,22 @@ def call(
                 flush=True,
             )
             torch.cuda.synchronize()
-            return fn(*inputs)
+            return fn(*materialize(inputs))
     for dst, src in zip(entry.inputs, inputs, strict=True):
         _fill(dst, src)
     entry.graph.replay()
     name = _name(key)
     _REPLAYS[name] = _REPLAYS.get(name, 0) + 1
+    if not copy_outputs:
+        return entry.outputs
     return tuple(o.clone() for o in entry.outputs)
 
 
-def _static_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]:
+def _dtype(x: Input) -> torch.dtype:
+    return x.tensor.dtype if isinstance(x, Padded) else x.dtype
+
+
+def _static_inputs(inputs: tuple[Input, ...]) -> tuple[torch.Tensor, ...]:
     """Static input buffers for a new graph, shared between graphs: the ``k``-th input of a given
     device, shape and dtype of every graph is the same (contiguous) buffer.
 
@@ -202,12 +266,14 @@ def _static_inputs(inputs: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, ...]
     seen: dict[tuple[object, ...], int] = {}
     out = []
     for x in inputs:
-        sig = (x.device.type, x.device.index, tuple(x.shape), x.dtype)
+        t = x.tensor if isinstance(x, Padded) else x
+        sig = (t.device.type, t.device.index, tuple(x.shape), t.dtype)
         k = seen.get(sig, 0)
         seen[sig] = k + 1
         buf = _INPUTS.get((*sig, k))
         if buf is None:
-            buf = _INPUTS[(*sig, k)] = torch.empty_like(x, memory_format=torch.contiguous_format)
+            buf = _INPUTS[(*sig, k)] = torch.zeros(x.shape, dtype=t.dtype, device=t.device)
+            _ROWS[id(buf)] = 0
         _fill(buf, x)
         out.append(buf)
     return tuple(out)

@@ -51,7 +51,7 @@ import torch
 
 from nre_localization.engine import graphs
 from nre_localization.engine.compiled import compiled
-from nre_localization.engine.consts import cached
+from nre_localization.engine.consts import cached, const
 from nre_localization.engine.gnc import (
     GncProblem,
     gnc_iterate,
@@ -119,10 +119,12 @@ def _check_inputs(
     points: MapPoints,
     camera: Camera,
     prior: torch.Tensor | None,
+    device_check: bool = True,
 ) -> None:
     """Shapes and devices on the host; finiteness (and the prior's orthonormality) in one device
     reduction, so the whole check costs a single host synchronisation (a prior on the CPU is
-    checked there)."""
+    checked there). ``device_check=False``: no device work (the single-graph path checks the
+    device tensors inside its graph, :func:`_checked_inputs`)."""
     if query.coarse.dim() != 3 or query.fine.dim() != 3:
         query.validate()  # raises with the detailed message
     if not isinstance(camera, Camera):
@@ -153,6 +155,8 @@ def _check_inputs(
         if np.abs(pn[:3, :3].T @ pn[:3, :3] - np.eye(3)).max() > 1e-3:
             raise InputError("prior rotation is not orthonormal")
         prior = None
+    if not device_check:
+        return
     # One sum per tensor (float16 ones accumulated into float32: a sum of finite float16 values
     # can exceed 65504), stacked with type promotion: no per-tensor cast kernels.
     sums = [
@@ -171,6 +175,26 @@ def _check_inputs(
     if bool(flags.all()):  # the one host sync
         return
     _raise_input_error(query, points, prior)
+
+
+def _checked_inputs(
+    tensors: tuple[torch.Tensor, ...], prior: torch.Tensor | None
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...], torch.Tensor | None]:
+    """In-graph input check: ``(ok [1] f64, tensors, prior)`` with ``ok = 1`` when every tensor is
+    finite and ``prior`` (``[4, 4]`` f64, optional) has an orthonormal rotation (to 1e-3). When
+    not, the returned tensors are zeros and the prior the identity: the graph then computes
+    harmless garbage (finite inputs: no NaN reaches an index computation, where it would be an
+    out-of-bounds read, i.e. a device-side assert) and the caller raises from ``ok``."""
+    sums = [t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum() for t in tensors]
+    ok = torch.isfinite(torch.stack(sums)).all()
+    if prior is not None:
+        r = prior[:3, :3]
+        eye = const([[float(i == j) for j in range(4)] for i in range(4)], prior.dtype, r.device)
+        ortho = (r.T @ r - eye[:3, :3]).abs().max()
+        ok = ok & torch.isfinite(prior).all() & (ortho <= 1e-3)
+        prior = torch.where(ok, prior, eye)
+    safe = tuple(torch.where(ok, t, 0.0) for t in tensors)
+    return ok.to(torch.float64).view(1), safe, prior
 
 
 def _raise_input_error(query: QueryFeatures, points: MapPoints, prior: torch.Tensor | None) -> None:
@@ -215,14 +239,17 @@ def _use_graphs(dev: torch.device, config: SolverConfig) -> bool:
 def _run(
     key: tuple[Hashable, ...],
     fn: Stage,
-    inputs: tuple[torch.Tensor, ...],
+    inputs: tuple[torch.Tensor | graphs.Padded, ...],
     config: SolverConfig,
+    copy_outputs: bool = True,
 ) -> tuple[torch.Tensor, ...]:
-    """``fn(*inputs)``, through a CUDA graph cached under ``key`` on CUDA when enabled."""
-    dev = inputs[0].device
+    """``fn(*inputs)``, through a CUDA graph cached under ``key`` on CUDA when enabled (see
+    :func:`graphs.call` for ``copy_outputs`` and padded inputs)."""
+    first = inputs[0]
+    dev = first.tensor.device if isinstance(first, graphs.Padded) else first.device
     if _use_graphs(dev, config):
-        return graphs.call((*key, dev.index), fn, inputs)
-    return fn(*inputs)
+        return graphs.call((*key, dev.index), fn, inputs, copy_outputs=copy_outputs)
+    return fn(*graphs.materialize(inputs))
 
 
 def _coarse_stage(
@@ -628,8 +655,9 @@ def _path_stage(
 ) -> Stage:
     """The whole tracking or global path as one stage (one CUDA graph with ``config.single_graph``):
     ``(coarse [Dc,Hc,Wc], fine [Df,Hf,Wf], desc_coarse [N,Dc], desc_fine [N,Df], xyz [N,3],
-    n_alive (0-d int64)[, prior [4,4] f64]) -> (packed [55] f64,)`` (:func:`_finalize_device`).
-    The first ``n_alive`` points are real, the rest padding. The stages are the ones of the per-stage path, run with
+    n_alive (0-d int64)[, prior [4,4] f64]) -> (packed [56] f64,)``: :func:`_finalize_device`'s
+    55 values and the input check's flag (:func:`_checked_inputs`). The first ``n_alive`` points
+    are real, the rest padding. The stages are the ones of the per-stage path, run with
     ``cuda_graphs=False`` inside the caller's capture (so the same code, the same results)."""
     inner = replace(config, cuda_graphs=False)
     cs, fs = query.coarse_stride, query.fine_stride
@@ -659,6 +687,10 @@ def _path_stage(
     ) -> tuple[torch.Tensor, ...]:
         dev = xyz_in.device
         nb = int(xyz_in.shape[0])
+        ok, safe, p0 = _checked_inputs(
+            (cfeat, ffeat, desc_c, desc_f, xyz_in), prior[0] if prior else None
+        )
+        cfeat, ffeat, desc_c, desc_f, xyz_in = safe
         alive = cached(("arange", nb), dev, lambda: torch.arange(nb, device=dev)) < n_t
         # candidate_count on the device: min(n, max(kmin, ceil(frac n)))
         k_t = torch.ceil(n_t.to(torch.float64) * frac).long().clamp_min(kmin)
@@ -668,7 +700,8 @@ def _path_stage(
         cm = build_coarse_maps(q, pts, inner, alive)
         xyz = xyz_in.to(torch.float32)
         if tracking:
-            T0 = prior[0]
+            assert p0 is not None
+            T0 = p0
             sigmas, iters = config.tracking_sigmas, config.tracking_iterations
             polish = config.tracking_polish_iterations
         else:
@@ -690,7 +723,7 @@ def _path_stage(
             )
         fine = _fine_maps(q, pts, cm, camera, T0, inner, alive, onehot)
         T = _fine_gnc(xyz, fine, camera, sigmas, T0, iters, inner, "fine_" + method, polish)
-        return (_finalize_device(xyz, fine, camera, T, inner, alive),)
+        return (torch.cat([_finalize_device(xyz, fine, camera, T, inner, alive), ok]),)
 
     return run
 
@@ -706,19 +739,24 @@ def _solve_single_graph(
     timer: Timer,
 ) -> PoseResult:
     """Tracking (when ``prior`` is given) and, if needed, the global path, each as one graph
-    (:func:`_path_stage`); ``points`` are already padded to their bucket, ``alive`` marks the real
-    ones. One host synchronisation per path: the packed results."""
+    (:func:`_path_stage`); the per-point inputs are padded to their bucket on their way into the
+    graph's buffers. One host synchronisation per path: the packed results (with the input
+    check's flag: bad inputs raise here, after the replay)."""
     dev = query.coarse.device
     n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
-    inputs = (query.coarse, query.fine, points.desc_coarse, points.desc_fine, points.xyz, n_t)
+    nb = graphs.bucket_size(n_alive)
+    per_point = (points.desc_coarse, points.desc_fine, points.xyz)
+    inputs = (query.coarse, query.fine, *(graphs.Padded(t, nb) for t in per_point), n_t)
     fine_log_omega = math.log(int(query.fine.shape[1]) * int(query.fine.shape[2]) + 1)
     strides = (query.coarse_stride, query.fine_stride)
     if prior is not None:
         fn = _path_stage(query, camera, config, method, tracking=True)
         T0 = prior.to(device=dev, dtype=torch.float64)
         key = ("solve_tracking", method, strides, camera, config)
-        packed = _run(key, fn, (*inputs, T0), config)[0].cpu()
+        packed = _run(key, fn, (*inputs, T0), config, copy_outputs=False)[0].cpu()
         timer.lap("solve_graph")
+        if packed[55] != 1.0:
+            _raise_input_error(query, points, prior)
         result = _finalize_host(packed, config, n_alive, fine_log_omega, "tracking", method)
         timer.lap("finalize")
         if result.reliable or not config.tracking_fallback:
@@ -726,8 +764,10 @@ def _solve_single_graph(
             return result
     fn = _path_stage(query, camera, config, method, tracking=False)
     key = ("solve_global", method, strides, camera, config)
-    packed = _run(key, fn, inputs, config)[0].cpu()
+    packed = _run(key, fn, inputs, config, copy_outputs=False)[0].cpu()
     timer.lap("solve_graph")
+    if packed[55] != 1.0:
+        _raise_input_error(query, points, None)
     result = _finalize_host(packed, config, n_alive, fine_log_omega, "global", method)
     timer.lap("finalize")
     result.timings = dict(timer.times, total=timer.total())
@@ -804,16 +844,16 @@ def _solve(
 ) -> PoseResult:
     dev = query.coarse.device
     single = _use_graphs(dev, config) and config.single_graph
-    # Before any device work: a NaN reaching an index computation would be an out-of-bounds
-    # gather, i.e. a device-side assert that ends the CUDA context.
-    _check_inputs(query, points, camera, prior)
+    # Finiteness before any device work (a NaN reaching an index computation would be an
+    # out-of-bounds read, i.e. a device-side assert that ends the CUDA context); the single graph
+    # checks (and neutralises) its inputs itself.
+    _check_inputs(query, points, camera, prior, device_check=not single)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
     onehot = method == "re"
     n_alive = len(points)
     if single:
         graphs.new_epoch()
-        points = _pad_points(points, graphs.bucket_size(n_alive))
         # No timer synchronisations: the one host sync (the packed results) ends the device part.
         timer = Timer(dev, False)
         with torch.no_grad():

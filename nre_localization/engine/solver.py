@@ -41,6 +41,7 @@ non-truncated cells, rotation std ``<= max_rotation_std_deg`` and position std /
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable, Hashable
@@ -650,17 +651,19 @@ def _finalize(
     return _finalize_host(packed, config, n_alive, maps.log_omega, path, method)
 
 
+@functools.lru_cache(maxsize=64)
 def _path_stage(
-    query: QueryFeatures, camera: Camera, config: SolverConfig, method: str, tracking: bool
+    strides: tuple[int, int], camera: Camera, config: SolverConfig, method: str, tracking: bool
 ) -> Stage:
     """The whole tracking or global path as one stage (one CUDA graph with ``config.single_graph``):
     ``(coarse [Dc,Hc,Wc], fine [Df,Hf,Wf], desc_coarse [N,Dc], desc_fine [N,Df], xyz [N,3],
     n_alive (0-d int64)[, prior [4,4] f64]) -> (packed [56] f64,)``: :func:`_finalize_device`'s
     55 values and the input check's flag (:func:`_checked_inputs`). The first ``n_alive`` points
     are real, the rest padding. The stages are the ones of the per-stage path, run with
-    ``cuda_graphs=False`` inside the caller's capture (so the same code, the same results)."""
+    ``cuda_graphs=False`` inside the caller's capture (so the same code, the same results).
+    Cached: a replayed solve builds neither the closure nor its config again."""
     inner = replace(config, cuda_graphs=False)
-    cs, fs = query.coarse_stride, query.fine_stride
+    cs, fs = strides
     onehot = method == "re"
     coarse_re = onehot or config.coarse_refinement == "argmax"
     level = "re" if coarse_re else method
@@ -750,7 +753,7 @@ def _solve_single_graph(
     fine_log_omega = math.log(int(query.fine.shape[1]) * int(query.fine.shape[2]) + 1)
     strides = (query.coarse_stride, query.fine_stride)
     if prior is not None:
-        fn = _path_stage(query, camera, config, method, tracking=True)
+        fn = _path_stage(strides, camera, config, method, tracking=True)
         T0 = prior.to(device=dev, dtype=torch.float64)
         key = ("solve_tracking", method, strides, camera, config)
         packed = _run(key, fn, (*inputs, T0), config, copy_outputs=False)[0].cpu()
@@ -762,7 +765,7 @@ def _solve_single_graph(
         if result.reliable or not config.tracking_fallback:
             result.timings = dict(timer.times, total=timer.total())
             return result
-    fn = _path_stage(query, camera, config, method, tracking=False)
+    fn = _path_stage(strides, camera, config, method, tracking=False)
     key = ("solve_global", method, strides, camera, config)
     packed = _run(key, fn, inputs, config, copy_outputs=False)[0].cpu()
     timer.lap("solve_graph")

@@ -90,8 +90,18 @@ def _nre_with_coarse(mode: str):  # noqa: ANN202
     return run
 
 
+def _nre_consensus(seeds: int):  # noqa: ANN202
+    """NRE with the global path's ambiguity check (``SolverConfig.consensus_seeds``)."""
+
+    def run(q, pts, cam, prior, conf):  # noqa: ANN001, ANN202
+        return solver.solve(q, pts, cam, prior, replace(conf, consensus_seeds=seeds))
+
+    return run
+
+
 METHODS = {
     "nre": solver.solve,  # the engine's defaults
+    "nre_consensus4": _nre_consensus(4),
     "nre_coarse_nre": _nre_with_coarse("nre"),
     "nre_coarse_argmax": _nre_with_coarse("argmax"),
     "re": solver.solve_re,
@@ -292,6 +302,7 @@ def run_scene(
                 "cost_ratio": float(getattr(r, "cost_ratio", math.nan)),
                 "n_informative": int(r.n_informative),
                 "reasons": list(getattr(r, "reasons", [])),
+                "consensus_spread": getattr(r, "consensus_spread", None),
                 "solve_s": sec,
                 "network_s": t_net,
             }

@@ -10,9 +10,15 @@ import torch
 from nre_localization.engine import gnc as G
 from nre_localization.engine import loss_maps as lm
 from nre_localization.engine.msac import _sample_triplets, msac_p3p
-from nre_localization.engine.solver import _pad_points, solve, solve_pnp_ransac, solve_re
+from nre_localization.engine.solver import (
+    _consensus,
+    _pad_points,
+    solve,
+    solve_pnp_ransac,
+    solve_re,
+)
 from nre_localization.engine.synthetic import PlantedScene, make_planted_scene
-from nre_localization.engine.types import MapPoints, SolverConfig
+from nre_localization.engine.types import MapPoints, PoseResult, SolverConfig
 from nre_localization.errors import ConfigError, InputError
 from nre_localization.geometry import se3
 from nre_localization.geometry.cameras import Camera
@@ -317,3 +323,60 @@ def test_coarse_refinement_modes_both_recover_the_pose() -> None:
         assert _rms(scene, res.T_cam_world) < 0.1, mode
     with pytest.raises(ConfigError):
         SolverConfig(coarse_refinement="mode")
+
+
+def _result(T: torch.Tensor, cost: float, depth: float = 4.0) -> PoseResult:
+    return PoseResult(
+        T_cam_world=T,
+        covariance=torch.eye(6, dtype=torch.float64) * 1e-6,
+        cost=cost,
+        n_informative=100,
+        n_points=200,
+        timings={"total": 0.01},
+        reliable=True,
+        path="global",
+        median_depth=depth,
+    )
+
+
+def test_consensus_keeps_the_cheapest_and_flags_disagreement() -> None:
+    """The ambiguity check: the lowest-cost run is kept; another run whose camera centre is more
+    than consensus_max_translation x depth (or consensus_max_rotation_deg) away makes it
+    unreliable; agreeing runs leave it reliable; timings add up."""
+    cfg = SolverConfig(consensus_seeds=3)
+    T0 = se3.se3_exp(torch.tensor([0.1, 0.2, 0.3, 0.01, 0.02, 0.03], dtype=torch.float64))
+    near = se3.se3_exp(torch.tensor([0.01, 0, 0, 0, 0, 0], dtype=torch.float64)) @ T0
+    shifted = se3.se3_exp(torch.tensor([0.5, 0, 0, 0, 0, 0], dtype=torch.float64)) @ T0
+    turned = se3.se3_exp(torch.tensor([0, 0, 0, 0, 0.1, 0], dtype=torch.float64)) @ T0
+    ok = _consensus([_result(near, 5.0), _result(T0, 4.0), _result(T0.clone(), 4.5)], cfg)
+    assert ok.reliable and torch.equal(ok.T_cam_world, T0) and ok.cost == 4.0
+    assert ok.consensus_spread is not None and ok.consensus_spread[0] == pytest.approx(0.01 / 4)
+    assert ok.timings["total"] == pytest.approx(0.03)
+    for other in (shifted, turned):
+        bad = _consensus([_result(T0, 4.0), _result(other, 4.2)], cfg)
+        assert not bad.reliable and "ambiguous" in bad.reasons[-1], bad.reasons
+    nan = torch.full((4, 4), math.nan, dtype=torch.float64)
+    assert not _consensus([_result(T0, 4.0), _result(nan, math.nan)], cfg).reliable
+
+
+def test_consensus_on_planted_scenes() -> None:
+    """Seeds agree on a clean planted scene (reliable, same pose as one solve to GNC precision);
+    on maps unrelated to the query they disagree, and the result says so."""
+    scene = make_planted_scene(PINHOLE, 300, seed=11, noise_px=0.2, outlier_fraction=0.5)
+    one = solve(scene.query, scene.points, PINHOLE, None, SolverConfig(msac_hypotheses=256))
+    cfg = SolverConfig(msac_hypotheses=256, consensus_seeds=3)
+    res = solve(scene.query, scene.points, PINHOLE, None, cfg)
+    assert res.reliable, res.reasons
+    assert res.consensus_spread is not None and res.consensus_spread[0] < 1e-3
+    assert _rms(scene, res.T_cam_world) < 0.1 and _rms(scene, one.T_cam_world) < 0.1
+    g = torch.Generator().manual_seed(0)
+    pts = MapPoints(
+        scene.points.xyz,
+        torch.randn(scene.points.desc_coarse.shape, generator=g),
+        torch.randn(scene.points.desc_fine.shape, generator=g),
+    )
+    bad = solve(scene.query, pts, PINHOLE, None, cfg)
+    assert not bad.reliable and any("ambiguous" in r for r in bad.reasons), bad.reasons
+    # The tracking path is not affected by the check.
+    tr = solve(scene.query, scene.points, PINHOLE, one.T_cam_world, cfg)
+    assert tr.path == "tracking" and tr.consensus_spread is None

@@ -834,10 +834,69 @@ def _finalize_host(
         log_omega=log_omega,
         method=method,
         reasons=reasons,
+        median_depth=med_depth,
     )
 
 
 def _solve(
+    query: QueryFeatures,
+    points: MapPoints,
+    camera: Camera,
+    prior: torch.Tensor | None,
+    config: SolverConfig,
+    method: str,
+) -> PoseResult:
+    """One solve, then (global path, ``config.consensus_seeds > 1``) the ambiguity check."""
+    res = _solve_once(query, points, camera, prior, config, method)
+    if res.path != "global" or config.consensus_seeds <= 1:
+        return res
+    runs = [res]
+    for i in range(1, config.consensus_seeds):
+        cfg_i = replace(config, seed=config.seed + i)
+        runs.append(_solve_once(query, points, camera, None, cfg_i, method))
+    return _consensus(runs, config)
+
+
+def _pose_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
+    """(camera-centre distance [m], rotation angle [deg]) between two ``T_cam_world``."""
+    ta, tb = a.numpy(), b.numpy()
+    ca, cb = -ta[:3, :3].T @ ta[:3, 3], -tb[:3, :3].T @ tb[:3, 3]
+    cos = (np.trace(ta[:3, :3].T @ tb[:3, :3]) - 1.0) / 2.0
+    ang = math.degrees(math.acos(max(-1.0, min(1.0, float(cos)))))
+    return float(np.linalg.norm(ca - cb)), ang
+
+
+def _consensus(runs: list[PoseResult], config: SolverConfig) -> PoseResult:
+    """The lowest-cost run, unreliable when another run disagrees with it (see
+    ``SolverConfig.consensus_seeds``); a run with a non-finite pose counts as disagreeing."""
+    best = min(runs, key=lambda r: r.cost if math.isfinite(r.cost) else math.inf)
+    depth = max(best.median_depth, 1e-9)
+    spread_t, spread_r = 0.0, 0.0
+    for r in runs:
+        if r is best:
+            continue
+        if not bool(torch.isfinite(r.T_cam_world).all()):
+            spread_t, spread_r = math.inf, math.inf
+            continue
+        dt, dr = _pose_gap(best.T_cam_world, r.T_cam_world)
+        spread_t, spread_r = max(spread_t, dt / depth), max(spread_r, dr)
+    best.consensus_spread = (spread_t, spread_r)
+    if spread_t > config.consensus_max_translation or spread_r > config.consensus_max_rotation_deg:
+        best.reliable = False
+        best.reasons = [
+            *best.reasons,
+            f"ambiguous: {len(runs)} global solves (MSAC seeds) disagree by "
+            f"{spread_t:.1%} of the depth / {spread_r:.2f} deg",
+        ]
+    timings: dict[str, float] = {}
+    for r in runs:
+        for k, v in r.timings.items():
+            timings[k] = timings.get(k, 0.0) + v
+    best.timings = timings
+    return best
+
+
+def _solve_once(
     query: QueryFeatures,
     points: MapPoints,
     camera: Camera,

@@ -121,6 +121,15 @@ class SolverConfig:
     # maps, the paper's coarse level) or "argmax" (one-hot maps at each coarse map's argmax, eq. 11;
     # the fine level stays NRE). See benchmarks/RESULTS.md (rendered held-out scenes, section 7).
     coarse_refinement: str = "argmax"
+    # Ambiguity check of the global path: it runs consensus_seeds times (MSAC seeds seed,
+    # seed + 1, ...), keeps the lowest-cost pose, and declares the result unreliable when another
+    # run ends more than consensus_max_translation x median point depth (camera centres) or
+    # consensus_max_rotation_deg away: on repeated structure the runs fall into different copies.
+    # 1 disables it (one global solve). Costs consensus_seeds global solves per global frame
+    # (the tracking path is unaffected); the Localizer turns it on for relocalisation.
+    consensus_seeds: int = 1
+    consensus_max_translation: float = 0.02
+    consensus_max_rotation_deg: float = 2.0
     # --- tracking (prior given)
     tracking_fallback: bool = True  # run the global path when the tracked pose is not reliable
     # Fine GNC schedule of the tracking path (the prior is already within a few fine cells, so a
@@ -195,6 +204,11 @@ class SolverConfig:
         ):
             if getattr(self, name) < 0:
                 raise bad(name, "must be >= 0")
+        if self.consensus_seeds < 1:
+            raise bad("consensus_seeds", "must be >= 1")
+        for name in ("consensus_max_translation", "consensus_max_rotation_deg"):
+            if getattr(self, name) <= 0:
+                raise bad(name, "must be > 0")
         if self.msac_min_candidates < 3:
             raise bad("msac_min_candidates", "must be >= 3")
         if self.msac_refine_top < 1:
@@ -244,3 +258,7 @@ class PoseResult:
     log_omega: float = 0.0
     method: str = "nre"
     reasons: list[str] = field(default_factory=list)
+    median_depth: float = 1.0  # m: median camera-frame depth of the informative points
+    # consensus check (SolverConfig.consensus_seeds > 1): the largest disagreement of another
+    # global run with the kept pose, as (camera-centre distance / median depth, rotation deg)
+    consensus_spread: tuple[float, float] | None = None

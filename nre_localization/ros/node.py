@@ -285,6 +285,7 @@ class LocalizationNode(LifecycleNode):
             retrieval_top_k=p.retrieval_top_k,
             max_map_points=p.max_map_points,
             max_image_width=p.max_image_width,
+            global_consensus_seeds=p.global_consensus_seeds,
             debug=p.publish_debug_image,
         )
         from nre_localization.engine.types import SolverConfig

@@ -121,6 +121,14 @@ PARAMS: tuple[ParamSpec, ...] = (
     ParamSpec("retrieval_top_k", 5, int, "keyframes retrieved for global relocalisation", 1, 1000),
     ParamSpec("max_map_points", 4000, int, "map points given to the solver per frame", 10, 1e7),
     ParamSpec(
+        "global_consensus_seeds",
+        4,
+        int,
+        "global poses must agree across this many global solves (MSAC seeds); 1: off",
+        1,
+        64,
+    ),
+    ParamSpec(
         "compile_solver",
         False,
         bool,
@@ -171,6 +179,7 @@ class NodeParams:
     max_tracking_jump_deg: float
     retrieval_top_k: int
     max_map_points: int
+    global_consensus_seeds: int
     compile_solver: bool
 
 

@@ -411,3 +411,17 @@ def test_padded_inputs_fill_leading_rows_and_clear_the_rest() -> None:
         assert torch.equal(m, buf)
     finally:
         graphs.clear()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_single_graph_bad_inputs_on_cuda() -> None:
+    """tools/cuda_smoke.py: bad inputs raise after a real replay, the context survives."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "tools" / "cuda_smoke.py"
+    spec = importlib.util.spec_from_file_location("cuda_smoke", path)
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.run_checks(torch.device("cuda"))

@@ -223,3 +223,24 @@ def test_reprojection_outside_its_own_window_costs_exactly_log_omega() -> None:
     outside = torch.tensor([[w + 2.0, 2.0], [15.0, 15.0]])
     assert torch.equal(bilinear_info(maps, outside, valid), torch.zeros(2))
     assert torch.equal(nre_cost(maps, outside, valid), torch.full((2,), log_omega))
+
+
+def test_dense_and_gathered_window_scores_agree() -> None:
+    """The fine windows' scores from the dense correlation map equal the gathered ones (float32:
+    up to summation order), windows partly outside the map included."""
+    from nre_localization.engine.loss_maps import (
+        _flat_hwc_scaled,
+        _scaled,
+        _window_scores_dense,
+        _window_scores_gather,
+    )
+
+    g = torch.Generator().manual_seed(3)
+    fine = torch.randn(16, 30, 40, generator=g)
+    desc = torch.randn(50, 16, generator=g)
+    origin = torch.randint(-8, 38, (50, 2), generator=g)
+    raw, scale = _window_scores_dense(fine, desc, origin, 9, torch.float32)
+    table, st = _flat_hwc_scaled(fine, torch.float32)
+    d, sd = _scaled(desc, torch.float32)
+    ref = _window_scores_gather(table, d, origin, 9, 30, 40, 17) * (st * sd)
+    assert torch.allclose(raw * scale, ref, atol=1e-4, rtol=1e-5)

@@ -133,8 +133,8 @@ PARAMS: tuple[ParamSpec, ...] = (
         False,
         bool,
         "CUDA: torch.compile the solver's GNC / Newton steps and MSAC scoring (70-100 s of "
-        "compilation per point bucket at start-up, cached on disk; global 7.6 -> 3.5 ms and "
-        "tracking 3.5 -> 2.0 ms per solve at 1000 points on an H200)",
+        "compilation per point bucket at start-up, cached on disk; global 8.0 -> 3.2 ms and "
+        "tracking 3.6 -> 1.6 ms per solve at 1000 points on an H200)",
     ),
 )
 

@@ -99,8 +99,19 @@ def _nre_consensus(seeds: int):  # noqa: ANN202
     return run
 
 
+def _nre_with(**kw: object):  # noqa: ANN202
+    """NRE with SolverConfig fields replaced."""
+
+    def run(q, pts, cam, prior, conf):  # noqa: ANN001, ANN202
+        return solver.solve(q, pts, cam, prior, replace(conf, **kw))
+
+    return run
+
+
 METHODS = {
     "nre": solver.solve,  # the engine's defaults
+    "nre_window_trunc": _nre_with(fine_truncation="window"),
+    "nre_map_trunc": _nre_with(fine_truncation="map"),  # the paper's fine truncation
     "nre_consensus4": _nre_consensus(4),
     "nre_coarse_nre": _nre_with_coarse("nre"),
     "nre_coarse_argmax": _nre_with_coarse("argmax"),

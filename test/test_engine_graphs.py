@@ -136,8 +136,9 @@ def test_single_graph_paths_are_capture_safe(
         assert not chk.violations, f"stage {key[0]}: {chk.violations[:3]}"
         ops.append(chk.ops)
     if cam.model == "PINHOLE" and method == "nre":
-        # test_path_kernel_totals plus the in-graph input check and padding mask [2313, 898]
-        assert ops[0] <= 2380 and ops[1] <= 910, ops
+        # test_path_kernel_totals plus the in-graph input check and padding mask, and the fine
+        # window truncation's floor (2 ops per fine evaluation) [2338, 914]
+        assert ops[0] <= 2400 and ops[1] <= 940, ops
 
 
 def test_fused_formulations_are_capture_safe(monkeypatch: pytest.MonkeyPatch) -> None:

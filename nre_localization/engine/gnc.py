@@ -93,13 +93,19 @@ def gnc_schedule(n_levels: int, level_iterations: int) -> list[tuple[str, int]]:
 class GncProblem:
     """Static inputs: ``xyz [N, 3]`` float32 world points, information maps, the *cell* camera
     (:meth:`Camera.cell_camera` at the maps' stride: it projects to cell coordinates), the sigma
-    schedule (cells; a tuple, or a CPU tensor read once here) and the window radius."""
+    schedule (cells; a tuple, or a CPU tensor read once here) and the window radius.
+
+    ``floor`` (nats, >= 0): the optimised information is ``max(0, a - floor)``, i.e. the maps
+    truncated at ``ln|Omega'| - floor`` instead of ``ln|Omega'|`` (``SolverConfig.fine_truncation``:
+    the fine level truncates at its window's size); costs and curvatures reported by the
+    finalisation read the maps with ``floor = 0``."""
 
     xyz: torch.Tensor
     maps: InfoMaps
     camera: Camera
     sigmas: tuple[float, ...] | torch.Tensor
     radius: int
+    floor: float = 0.0
     levels: tuple[float, ...] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -321,6 +327,8 @@ def _eval(
     # Flat window indices [B, N, K*K] in one GEMM: small integers, exact in float32 (and TF32).
     idx = torch.addmm(k.off2d, cen.reshape(nb * n, 2), k.wvec).long().view(nb, n, -1)
     a = maps.data.view(1, n, -1).expand(nb, n, -1).gather(2, idx)
+    if problem.floor > 0:
+        a = (a - problem.floor).clamp_min_(0.0)
     vx = V[:, :, 0].reshape(nb * n, c, kk)
     vy = V[:, :, 1].reshape(nb * n, c, kk)
     t1 = torch.bmm(a.view(nb * n, kk, kk), vx.transpose(1, 2))  # [BN, K, C]
@@ -393,6 +401,8 @@ def _eval_fused(
     vx, vy = V[:, :, :, 0], V[:, :, :, 1]  # [B, N, C, K]
     idx = (k.off2d + cen[..., :1] + cen[..., 1:] * float(wp)).long()  # [B, N, K*K]
     a = maps.data.view(1, n, -1).expand(nb, n, -1).gather(2, idx).view(nb, n, 1, 1, kk, kk)
+    if problem.floor > 0:
+        a = (a - problem.floor).clamp_min(0.0)
     prod = a * vy.view(nb, n, c, 1, kk, 1) * vx.view(nb, n, 1, c, 1, kk)
     sums = prod.sum((-1, -2))  # [B, N, C, C]
     if not normal:

@@ -283,8 +283,10 @@ def _gnc(
     iterations: int,
     config: SolverConfig,
     stage: str,
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """The fixed-schedule GNC loop (one CUDA graph when enabled); returns ``T`` (f64)."""
+    """The fixed-schedule GNC loop (one CUDA graph when enabled); returns ``T`` (f64).
+    ``floor``: see :class:`GncProblem`."""
     radius = gnc_radius(sigmas)
     meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
 
@@ -293,7 +295,7 @@ def _gnc(
             x: torch.Tensor, data: torch.Tensor, origin: torch.Tensor, T: torch.Tensor
         ) -> tuple[torch.Tensor]:
             m = InfoMaps(data, origin, *meta)
-            prob = GncProblem(x, m, camera.cell_camera(maps.stride), sigmas, radius)
+            prob = GncProblem(x, m, camera.cell_camera(maps.stride), sigmas, radius, floor)
             st = gnc_iterate(
                 prob,
                 gnc_start(T, config.lambda_init),
@@ -321,6 +323,7 @@ def _gnc(
         config.convergence_tol,
         config.lambda_init,
         config.compile_gnc,
+        floor,
     )
     return _run_pose_stage(base, make_run, inputs, config)
 
@@ -360,15 +363,30 @@ def _fine_gnc(
     """Fine GNC schedule, then ``polish_iterations`` steps at its last sigma (tolerance
     ``config.polish_tol``) so that the result sits at the minimum of the final smoothed cost:
     damped Newton steps on the PSD-projected exact Hessian (``polish_mode="newton"``) or more
-    majorise-minimise steps (``"majoriser"``)."""
-    T = _gnc(xyz, maps, camera, sigmas, T0, iterations, config, stage)
+    majorise-minimise steps (``"majoriser"``). NRE maps are optimised truncated as
+    ``config.fine_truncation`` says (:func:`_fine_floor`)."""
+    floor = 0.0 if stage == "fine_re" else _fine_floor(maps, config)  # RE: one-hot maps
+    T = _gnc(xyz, maps, camera, sigmas, T0, iterations, config, stage, floor)
     n = polish_iterations
     if n == 0:
         return T
     if config.polish_mode == "newton":
-        return _newton(xyz, maps, camera, sigmas[-1], T, n + 1, config, "newton_" + stage)
+        return _newton(xyz, maps, camera, sigmas[-1], T, n + 1, config, "newton_" + stage, floor)
     pcfg = replace(config, level_iterations=n, convergence_tol=config.polish_tol)
-    return _gnc(xyz, maps, camera, sigmas[-1:], T, n + 1, pcfg, "polish_" + stage)
+    return _gnc(xyz, maps, camera, sigmas[-1:], T, n + 1, pcfg, "polish_" + stage, floor)
+
+
+def _fine_floor(maps: InfoMaps, config: SolverConfig) -> float:
+    """Information floor of the fine level (see :class:`GncProblem`): 0 for the paper's truncation
+    at ``ln|Omega'_f|``; ``ln|Omega'_f| - ln(w^2 + 1)`` for ``fine_truncation="window"``, where a
+    cell less likely than uniform over its ``w x w`` window carries no information. The fine
+    maps are broad (a 17x17 window holds most of a point's probability only in part), and with
+    the paper's level a point far from its mode still pulls with the slope of its log-probability
+    tail; truncated at the window level it stops pulling, as RE's points do (RESULTS.md
+    section 7: more accurate than RE and than the paper's level on held-out rendered scenes)."""
+    if config.fine_truncation == "map":
+        return 0.0
+    return max(0.0, maps.log_omega - math.log(config.fine_window**2 + 1))
 
 
 def _newton(
@@ -380,8 +398,10 @@ def _newton(
     iterations: int,
     config: SolverConfig,
     stage: str,
+    floor: float = 0.0,
 ) -> torch.Tensor:
-    """:func:`gnc.newton_polish` at ``sigma`` (one CUDA graph when enabled); returns ``T`` (f64)."""
+    """:func:`gnc.newton_polish` at ``sigma`` (one CUDA graph when enabled); returns ``T`` (f64).
+    ``floor``: see :class:`GncProblem`."""
     radius = gnc_radius((sigma,))
     meta = (maps.pad, maps.map_height, maps.map_width, maps.stride, maps.log_omega)
 
@@ -390,7 +410,7 @@ def _newton(
             x: torch.Tensor, data: torch.Tensor, origin: torch.Tensor, T: torch.Tensor
         ) -> tuple[torch.Tensor]:
             m = InfoMaps(data, origin, *meta)
-            prob = GncProblem(x, m, camera.cell_camera(maps.stride), (sigma,), radius)
+            prob = GncProblem(x, m, camera.cell_camera(maps.stride), (sigma,), radius, floor)
             early = x.device.type == "cpu"
             Tn = newton_polish(
                 prob,
@@ -417,6 +437,7 @@ def _newton(
         config.polish_tol,
         config.lambda_init,
         config.compile_gnc,
+        floor,
     )
     return _run_pose_stage(base, make_run, inputs, config)
 

@@ -90,6 +90,9 @@ class SolverConfig:
     point_chunk: int = 4096  # points per chunk when building coarse maps (bounds memory)
     half_correlation: bool = True  # fp16 descriptor dot products on CUDA (ignored on CPU)
     fine_window: int = 17  # fine window side in fine cells (odd recommended, <= 64)
+    # Fine information truncation: "map" (ln|Omega'_fine|, the paper's) or "window" (ln(w^2 + 1):
+    # a cell less likely than uniform over its window carries no information; see loss_maps.py)
+    fine_truncation: str = "window"
     # --- MSAC-P3P initialisation
     msac_hypotheses: int = 1024  # P3P triplets (each gives up to 4 poses)
     msac_candidate_fraction: float = 0.25  # sample from this fraction of most peaked maps ...
@@ -221,6 +224,8 @@ class SolverConfig:
                 raise bad(name, "must be a non-empty tuple of positive numbers")
             if any(b > a for a, b in zip(s, s[1:], strict=False)):
                 raise bad(name, "must be non-increasing")
+        if self.fine_truncation not in ("map", "window"):
+            raise bad("fine_truncation", "must be 'map' or 'window'")
         if self.coarse_refinement not in ("nre", "argmax"):
             raise bad("coarse_refinement", "must be 'nre' or 'argmax'")
         if self.polish_mode not in ("newton", "majoriser"):

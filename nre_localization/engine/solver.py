@@ -770,7 +770,12 @@ def _solve_single_graph(
     n_t = torch.full((), n_alive, dtype=torch.int64, device=dev)
     nb = graphs.bucket_size(n_alive)
     per_point = (points.desc_coarse, points.desc_fine, points.xyz)
-    inputs = (query.coarse, query.fine, *(graphs.Padded(t, nb) for t in per_point), n_t)
+    inputs: tuple[torch.Tensor | graphs.Padded, ...] = (
+        query.coarse,
+        query.fine,
+        *(graphs.Padded(t, nb) for t in per_point),
+        n_t,
+    )
     fine_log_omega = math.log(int(query.fine.shape[1]) * int(query.fine.shape[2]) + 1)
     strides = (query.coarse_stride, query.fine_stride)
     if prior is not None:

@@ -540,6 +540,7 @@ def cmd_localize_pair(args: argparse.Namespace) -> int:
     from nre_localization.datasets.common import ENGINE_MODELS, read_rgb, undistort_to_pinhole
     from nre_localization.datasets.poses import pose_from_qt, qt_from_pose
     from nre_localization.engine.solver import MapPoints, QueryFeatures, SolverConfig, solve
+    from nre_localization.localizer import LocalizerConfig
     from nre_localization.maps.builder import image_to_tensor, sample_descriptors
 
     qcam = _parse_camera(args.query_camera, "--query-camera")
@@ -598,11 +599,14 @@ def cmd_localize_pair(args: argparse.Namespace) -> int:
         coarse_stride=int(model.coarse_stride),
         fine_stride=int(model.fine_stride),
     )
-    res = solve(query, points, qcam.to_engine(), None, SolverConfig())
+    # A global solve, with the Localizer's ambiguity check (4 MSAC seeds must agree).
+    cfg = SolverConfig(consensus_seeds=LocalizerConfig().global_consensus_seeds)
+    res = solve(query, points, qcam.to_engine(), None, cfg)
     T = np.asarray(res.T_cam_world.detach().cpu().numpy(), dtype=np.float64)
     if not bool(res.reliable):
+        why = "; ".join(res.reasons) or "unreliable solve"
         print(
-            f"{PROG}: query declined (unreliable solve, {int(res.n_informative)} informative points)",
+            f"{PROG}: query declined ({why}; {int(res.n_informative)} informative points)",
             file=sys.stderr,
         )
         return 3

@@ -72,7 +72,8 @@ class LocalizerConfig:
     # A global (relocalisation) pose is accepted only when this many global solves from different
     # MSAC seeds agree (SolverConfig.consensus_seeds; 1: off). On held-out rendered rooms with
     # tiled textures it declined 33 of 80 wrong poses and 9 of 111 right ones
-    # (benchmarks/RESULTS.md section 7); tracking frames are not affected.
+    # (benchmarks/RESULTS.md section 7); tracking frames are not affected. Set it to 1 to turn the
+    # check off (a SolverConfig with consensus_seeds > 1 handed to the Localizer overrides it).
     global_consensus_seeds: int = 4
     max_map_points: int = 4000  # candidate points handed to the solver per frame
     max_image_width: int = 640  # px; wider images are resized (0 = never)

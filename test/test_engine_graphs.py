@@ -311,6 +311,19 @@ def test_graph_cache_with_shared_inputs_gives_eager_results(
         st = graphs.status()
         assert not st["failed"], st["failed"]
         assert st["replays"], st
+        # Features made under torch.inference_mode (as the Localizer's): inference tensors
+        # have no version counter; their copy into the static buffers must still work.
+        with torch.inference_mode():
+            qi = S.QueryFeatures(
+                scene.query.coarse.clone(), scene.query.fine.clone(), scene.query.coarse_stride, 2
+            )
+            pi = S.MapPoints(*(t.clone() for t in (scene.points.xyz, scene.points.desc_coarse,
+                                                    scene.points.desc_fine)))  # fmt: skip
+            assert qi.fine.is_inference()
+            gi = S.solve(qi, pi, CAM, None, cfg)
+            ti = S.solve(qi, pi, CAM, prior, cfg)
+        assert (gi.T_cam_world - ref.T_cam_world).abs().max() < 1e-6
+        assert (ti.T_cam_world - ref_t.T_cam_world).abs().max() < 1e-6
         if single:  # one graph per path
             assert {k[0][0] for k in graphs._CACHE} == {"solve_global", "solve_tracking"}
         else:  # static inputs are shared: fewer buffers than graph inputs

@@ -86,6 +86,12 @@ def run_checks(dev: torch.device) -> None:
         torch.cuda.synchronize(dev)  # a device-side assert would surface here
     print("ok   the context survived the bad frames; results unchanged")
 
+    with torch.inference_mode():  # as the Localizer's features: no version counter
+        qi = QueryFeatures(q.coarse.clone(), q.fine.clone(), q.coarse_stride, q.fine_stride)
+        gi = S.solve(qi, pts, CAM, None, cfg)
+    assert torch.equal(gi.T_cam_world, good.T_cam_world), "inference-mode features differ"
+    print("ok   inference-mode features through the graphs")
+
     cons = S.solve(q, pts, CAM, None, SolverConfig(msac_hypotheses=256, consensus_seeds=3))
     assert cons.reliable and cons.consensus_spread is not None, cons.reasons
     assert cons.consensus_spread[0] < 1e-3, cons.consensus_spread

@@ -11,7 +11,9 @@ All graphs of a device share one memory pool. This is safe because (1) stages re
 the other on one stream, never concurrently; (2) every graph's static inputs and outputs stay
 referenced by its cache entry, so what one capture reuses from another is only scratch memory
 (freed within that capture); (3) :func:`call` returns *copies* of the static outputs, so a result
-outlives the next replay of its graph. Static *input* buffers are shared between graphs too (see
+outlives the next replay of its graph (with ``copy_outputs=False`` the caller gets the static
+outputs themselves and must copy them before the next replay: the solver's single-graph path
+copies them to the host at once). Static *input* buffers are shared between graphs too (see
 :func:`_static_inputs`): each replay copies its inputs in first. Peak memory is then the live static buffers plus the
 largest single stage's scratch, not the sum over stages. Constants the stage read from
 :mod:`nre_localization.engine.consts` are kept alive with the graph. Every warm-up runs on one
@@ -137,8 +139,11 @@ def _fill(dst: torch.Tensor, x: Input) -> None:
     """``dst.copy_(x)`` unless ``dst`` already holds ``x`` (this epoch, same version); a
     :class:`Padded` input fills the leading rows and zeroes the rows a previous fill left."""
     src = x.tensor if isinstance(x, Padded) else x
+    # Inference tensors (made under torch.inference_mode, as the Localizer's features are) have
+    # no version counter: they are always copied.
+    tracked = not src.is_inference()
     last = _FILLED.get(id(dst))
-    if last is not None and last[0]() is src and last[1] == src._version:
+    if tracked and last is not None and last[0]() is src and last[1] == src._version:
         return
     if isinstance(x, Padded):
         m = int(src.shape[0])
@@ -150,6 +155,9 @@ def _fill(dst: torch.Tensor, x: Input) -> None:
     else:
         dst.copy_(src)
         _ROWS.pop(id(dst), None)
+    if not tracked:
+        _FILLED.pop(id(dst), None)
+        return
     try:
         _FILLED[id(dst)] = (weakref.ref(src), src._version)
     except TypeError:  # not weak-referenceable: always copied

@@ -151,25 +151,23 @@ def _check_inputs(
         raise InputError("prior must be a finite [4, 4] T_cam_world")
     if prior is not None and prior.device.type == "cpu":  # checked here: no device work
         pn = prior.detach().to(torch.float64).numpy()
-        if not np.isfinite(pn).all():
+        if not np.isfinite(pn.astype(np.float32)).all():  # (float32: as projected)
             raise InputError("prior must be a finite [4, 4] T_cam_world")
         if np.abs(pn[:3, :3].T @ pn[:3, :3] - np.eye(3)).max() > 1e-3:
             raise InputError("prior rotation is not orthonormal")
         prior = None
     if not device_check:
         return
-    # One sum per tensor (float16 ones accumulated into float32: a sum of finite float16 values
-    # can exceed 65504), stacked with type promotion: no per-tensor cast kernels.
-    sums = [
-        t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum()
-        for t in (query.coarse, *tensors)
-    ]
+    # One float32 sum per tensor (float16 ones accumulated in float32: a sum of finite float16
+    # values can exceed 65504; float64 ones cast first: a value beyond float32's range would be
+    # inf in the engine's float32 projections, and a NaN cell there an out-of-bounds read).
+    sums = [t.sum(dtype=torch.float32) for t in (query.coarse, *tensors)]
     ortho = None
     if prior is not None:
         p = prior.to(device=dev, dtype=torch.float64)
         r = p[:3, :3]
         ortho = (r.T @ r - torch.eye(3, dtype=torch.float64, device=dev)).abs().max()
-        sums.append(p.sum())
+        sums.append(p.sum(dtype=torch.float32))
     flags = torch.isfinite(torch.stack(sums))
     if ortho is not None:
         flags = torch.cat([flags, (ortho <= 1e-3)[None]])
@@ -186,13 +184,15 @@ def _checked_inputs(
     not, the returned tensors are zeros and the prior the identity: the graph then computes
     harmless garbage (finite inputs: no NaN reaches an index computation, where it would be an
     out-of-bounds read, i.e. a device-side assert) and the caller raises from ``ok``."""
-    sums = [t.sum(dtype=torch.float32) if t.dtype == torch.float16 else t.sum() for t in tensors]
+    # Sums in float32: a float64 value beyond float32's range (the engine projects in float32)
+    # becomes inf here, as it would in the projection.
+    sums = [t.sum(dtype=torch.float32) for t in tensors]
     ok = torch.isfinite(torch.stack(sums)).all()
     if prior is not None:
         r = prior[:3, :3]
         eye = const([[float(i == j) for j in range(4)] for i in range(4)], prior.dtype, r.device)
         ortho = (r.T @ r - eye[:3, :3]).abs().max()
-        ok = ok & torch.isfinite(prior).all() & (ortho <= 1e-3)
+        ok = ok & torch.isfinite(prior.to(torch.float32)).all() & (ortho <= 1e-3)
         prior = torch.where(ok, prior, eye)
     safe = tuple(torch.where(ok, t, 0.0) for t in tensors)
     return ok.to(torch.float64).view(1), safe, prior
@@ -204,7 +204,7 @@ def _raise_input_error(query: QueryFeatures, points: MapPoints, prior: torch.Ten
     points.validate(query)
     if prior is not None:
         p = prior.detach().to("cpu", torch.float64)
-        if not bool(torch.isfinite(p).all()):
+        if not bool(torch.isfinite(p.to(torch.float32)).all()):
             raise InputError("prior must be a finite [4, 4] T_cam_world")
         raise InputError("prior rotation is not orthonormal")
     raise InputError("non-finite input")  # not reached: one of the checks above raises
@@ -698,6 +698,8 @@ def _path_stage(
         T, _ = msac_p3p(cm, cinfo, xyz, camera, inner, n_t, compact=compact, k_use=k_t)
         return T, cinfo
 
+    msac = compiled(msac_core, "msac") if config.compile_msac else msac_core
+
     frac, kmin = config.msac_candidate_fraction, config.msac_min_candidates
 
     def run(
@@ -729,7 +731,7 @@ def _path_stage(
             sigmas, iters = config.tracking_sigmas, config.tracking_iterations
             polish = config.tracking_polish_iterations
         else:
-            Tm, cinfo = msac_core(cm, xyz, alive, n_t, k_t)
+            Tm, cinfo = msac(cm, xyz, alive, n_t, k_t)
             T0 = _gnc(
                 xyz,
                 cinfo,
@@ -893,18 +895,18 @@ def _pose_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
 
 
 def _consensus(runs: list[PoseResult], config: SolverConfig) -> PoseResult:
-    """The lowest-cost run, unreliable when another run disagrees with it (see
-    ``SolverConfig.consensus_seeds``); a run with a non-finite pose counts as disagreeing."""
+    """The lowest-cost run, unreliable when another *reliable* run disagrees with it (see
+    ``SolverConfig.consensus_seeds``; a run the engine itself declines - a failed MSAC, a pose
+    that explains nothing - is no competing explanation and is ignored)."""
     best = min(runs, key=lambda r: r.cost if math.isfinite(r.cost) else math.inf)
     depth = max(best.median_depth, 1e-9)
     spread_t, spread_r = 0.0, 0.0
     for r in runs:
-        if r is best:
-            continue
-        if not bool(torch.isfinite(r.T_cam_world).all()):
-            spread_t, spread_r = math.inf, math.inf
+        if r is best or not r.reliable:
             continue
         dt, dr = _pose_gap(best.T_cam_world, r.T_cam_world)
+        if not (math.isfinite(dt) and math.isfinite(dr)):  # (best itself non-finite)
+            dt, dr = math.inf, math.inf
         spread_t, spread_r = max(spread_t, dt / depth), max(spread_r, dr)
     best.consensus_spread = (spread_t, spread_r)
     if spread_t > config.consensus_max_translation or spread_r > config.consensus_max_rotation_deg:

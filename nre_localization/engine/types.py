@@ -39,8 +39,11 @@ class QueryFeatures:
         if self.coarse.device != self.fine.device:
             raise InputError("coarse and fine query features are on different devices")
         # A sum is non-finite iff some element is (short of overflow): one cheap pass each.
-        if not (torch.isfinite(self.coarse.sum()) and torch.isfinite(self.fine.sum())):
-            raise InputError("query features contain NaN or Inf")
+        f32 = torch.float32  # (the engine computes in float32: larger values overflow there)
+        if not (
+            torch.isfinite(self.coarse.sum(dtype=f32)) and torch.isfinite(self.fine.sum(dtype=f32))
+        ):
+            raise InputError("query features contain NaN or Inf (or values beyond float32's range)")
 
 
 @dataclass
@@ -78,8 +81,10 @@ class MapPoints:
                 raise InputError(
                     f"map points {name} on {t.device}, query features on {query.coarse.device}"
                 )
-            if not torch.isfinite(t.sum()):
-                raise InputError(f"map points {name} contain NaN or Inf")
+            if not torch.isfinite(t.sum(dtype=torch.float32)):
+                raise InputError(
+                    f"map points {name} contain NaN or Inf (or values beyond float32's range)"
+                )
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,9 @@ class SolverConfig:
     # run ends more than consensus_max_translation x median point depth (camera centres) or
     # consensus_max_rotation_deg away: on repeated structure the runs fall into different copies.
     # 1 disables it (one global solve). Costs consensus_seeds global solves per global frame
-    # (the tracking path is unaffected); the Localizer turns it on for relocalisation.
+    # (the tracking path is unaffected); the Localizer turns it on for relocalisation. On CUDA
+    # every seed is a graph of its own (the seed is baked into MSAC's sampling tables): the first
+    # global frame of each point bucket captures consensus_seeds graphs.
     consensus_seeds: int = 1
     consensus_max_translation: float = 0.02
     consensus_max_rotation_deg: float = 2.0

@@ -244,3 +244,7 @@ def test_dense_and_gathered_window_scores_agree() -> None:
     d, sd = _scaled(desc, torch.float32)
     ref = _window_scores_gather(table, d, origin, 9, 30, 40, 17) * (st * sd)
     assert torch.allclose(raw * scale, ref, atol=1e-4, rtol=1e-5)
+    # float16 (the GPU's correlation dtype): inputs scaled by their max, scores rescaled.
+    raw16, scale16 = _window_scores_dense(fine * 40.0, desc * 3.0, origin, 9, torch.float16)
+    assert float(scale16) > 1.0 and raw16.dtype == torch.float32
+    assert torch.allclose(raw16 * scale16, ref * 120.0, atol=0.005 * float(ref.abs().max()) * 120)

@@ -7,8 +7,10 @@ the coarse maps (``config.coarse_refinement``: by default the whole coarse level
 GNC - runs on one-hot maps at the argmins, with ``"nre"`` on the NRE maps; on held-out rendered
 scenes the broad coarse NRE maps often picked or drifted to a wrong basin where the NRE cost at the
 truth was lower, benchmarks/RESULTS.md section 7) -> fine NRE maps in windows around the
-coarse reprojections -> GNC-IRLS + Newton polish on the fine maps -> covariance and reliability
-verdict.
+coarse reprojections -> GNC-IRLS + Newton polish on the fine maps (optimised truncated at the
+window's size, ``config.fine_truncation``, :func:`_fine_floor`) -> covariance and reliability
+verdict. With ``config.consensus_seeds > 1`` the global path runs from that many MSAC seeds and a
+disagreement makes the result unreliable (:func:`_consensus`).
 
 Tracking path (``prior`` given): coarse maps (only their probabilities, for the fine maps'
 coarse-mass renormalisation) -> fine maps around the prior's reprojections -> fine GNC-IRLS on the
@@ -17,13 +19,15 @@ shorter ``config.tracking_sigmas`` / ``tracking_iterations`` schedule, then
 If the result is not reliable and ``config.tracking_fallback``, the global path runs (reusing the
 coarse maps) and ``path`` says ``"global"``.
 
-On CUDA (``config.cuda_graphs``) every stage - coarse maps, MSAC (with the coarse information maps),
-coarse GNC, fine maps, fine GNC and the device part of the finalisation - runs as one captured CUDA
-graph (:mod:`nre_localization.engine.graphs`); points are padded to a power-of-two bucket so a
-graph serves every point count of its bucket. Stages take their constants from
-:mod:`nre_localization.engine.consts` (built before capture) and never synchronise; the solve
-synchronises once to check its inputs and once to fetch the packed results (plus the per-stage
-timer's synchronisations when ``config.sync_timings``). ``test/test_engine_graphs.py`` checks on
+On CUDA (``config.cuda_graphs``) each path - coarse maps, MSAC (with the coarse information maps),
+coarse GNC, fine maps, fine GNC and the device part of the finalisation - runs as ONE captured
+CUDA graph (``config.single_graph``, :func:`_path_stage`; it also checks its inputs' finiteness,
+so the solve synchronises once, to fetch the packed results), or with ``single_graph=False`` as one
+graph per stage (per-stage timings; the solve synchronises to check its inputs, to fetch the
+results and at the timer's stage boundaries when ``config.sync_timings``). Points are padded to a
+power-of-two bucket so a graph serves every point count of its bucket
+(:mod:`nre_localization.engine.graphs`). Stages take their constants from
+:mod:`nre_localization.engine.consts` (built before capture) and never synchronise. ``test/test_engine_graphs.py`` checks on
 the CPU that each stage is capture-safe (and counts its kernels). With ``config.compile_gnc`` /
 ``compile_msac`` / ``compile_maps`` the stages' work goes through ``torch.compile`` first
 (:mod:`nre_localization.engine.compiled`; far fewer, fused kernels per replay).

@@ -151,3 +151,35 @@ def test_images_of_nothing_or_elsewhere_are_declined(setup: tuple) -> None:
         r = loc.process(img, q["camera"], 100.0 + k)
         assert not r.reliable and r.T_cam_world is None, (k, r.reason)
         assert r.state == TrackingState.GLOBAL
+
+
+def test_global_frames_run_the_ambiguity_check(setup: tuple) -> None:
+    """Global frames go through the engine's consensus of 4 MSAC seeds (the first frame's global
+    solve reports the seeds' spread, tiny on this unambiguous scene); 1 turns it off; tracking
+    frames are not affected."""
+    _, _, q = setup
+    loc = _loc(setup)
+    assert loc.solver_config.consensus_seeds == 4
+    assert _loc(setup, global_consensus_seeds=1).solver_config.consensus_seeds == 1
+    from nre_localization.engine import solver as S
+
+    seen: list[object] = []
+    real = S._consensus
+
+    def spy(runs, config):  # noqa: ANN001, ANN202
+        out = real(runs, config)
+        seen.append((len(runs), out.consensus_spread))
+        return out
+
+    S._consensus = spy  # type: ignore[assignment]
+    try:
+        odo = [np.linalg.inv(q["T_cam_world"][i]) for i in (0, 1)]  # perfect odometry
+        first = loc.process(q["images"][0], q["camera"], q["stamps"][0], T_odom_cam=odo[0])
+        second = loc.process(q["images"][1], q["camera"], q["stamps"][1], T_odom_cam=odo[1])
+    finally:
+        S._consensus = real  # type: ignore[assignment]
+    assert first.path == "global" and first.reliable, first.reason
+    assert second.path == "tracking"
+    assert len(seen) == 1 and seen[0][0] == 4, seen  # the global frame only
+    spread = seen[0][1]
+    assert spread is not None and spread[0] < 0.02 and spread[1] < 2.0, spread

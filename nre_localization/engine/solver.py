@@ -676,6 +676,44 @@ def _finalize(
     return _finalize_host(packed, config, n_alive, maps.log_omega, path, method)
 
 
+def _coarse_level(method: str, config: SolverConfig) -> tuple[bool, str]:
+    """Whether the global path's coarse level (MSAC scoring + coarse GNC) runs on one-hot argmax
+    maps (``config.coarse_refinement``; always for RE), and the stage suffix that names it."""
+    coarse_re = method == "re" or config.coarse_refinement == "argmax"
+    return coarse_re, "re" if coarse_re else method
+
+
+def _fine_level(
+    query: QueryFeatures,
+    points: MapPoints,
+    coarse: CoarseMaps,
+    xyz: torch.Tensor,
+    camera: Camera,
+    T0: torch.Tensor,
+    config: SolverConfig,
+    alive: torch.Tensor | None,
+    method: str,
+    tracking: bool,
+    lap: Callable[[str], None],
+) -> tuple[InfoMaps, torch.Tensor]:
+    """Fine maps around the reprojections under ``T0``, then fine GNC + polish on the tracking or
+    the global schedule: ``(fine maps, T)``. ``lap(stage)`` after each of the two stages."""
+    if tracking:
+        sigmas, iters = config.tracking_sigmas, config.tracking_iterations
+        polish = config.tracking_polish_iterations
+    else:
+        sigmas, iters, polish = config.fine_sigmas, config.fine_iterations, config.polish_iterations
+    fine = _fine_maps(query, points, coarse, camera, T0, config, alive, method == "re")
+    lap("fine_maps")
+    T = _fine_gnc(xyz, fine, camera, sigmas, T0, iters, config, "fine_" + method, polish)
+    lap("fine_gnc")
+    return fine, T
+
+
+def _no_lap(stage: str) -> None:
+    """Stage boundary inside a single graph: nothing to time."""
+
+
 @functools.lru_cache(maxsize=64)
 def _path_stage(
     strides: tuple[int, int], camera: Camera, config: SolverConfig, method: str, tracking: bool
@@ -689,9 +727,7 @@ def _path_stage(
     Cached: a replayed solve builds neither the closure nor its config again."""
     inner = replace(config, cuda_graphs=False)
     cs, fs = strides
-    onehot = method == "re"
-    coarse_re = onehot or config.coarse_refinement == "argmax"
-    level = "re" if coarse_re else method
+    coarse_re, level = _coarse_level(method, config)
     cpad = 2 * gnc_radius(config.coarse_sigmas) + 1
 
     def msac_core(
@@ -732,8 +768,6 @@ def _path_stage(
         if tracking:
             assert p0 is not None
             T0 = p0
-            sigmas, iters = config.tracking_sigmas, config.tracking_iterations
-            polish = config.tracking_polish_iterations
         else:
             Tm, cinfo = msac(cm, xyz, alive, n_t, k_t)
             T0 = _gnc(
@@ -746,13 +780,7 @@ def _path_stage(
                 inner,
                 "coarse_" + level,
             )
-            sigmas, iters, polish = (
-                config.fine_sigmas,
-                config.fine_iterations,
-                config.polish_iterations,
-            )
-        fine = _fine_maps(q, pts, cm, camera, T0, inner, alive, onehot)
-        T = _fine_gnc(xyz, fine, camera, sigmas, T0, iters, inner, "fine_" + method, polish)
+        fine, T = _fine_level(q, pts, cm, xyz, camera, T0, inner, alive, method, tracking, _no_lap)
         return (torch.cat([_finalize_device(xyz, fine, camera, T, inner, alive), ok]),)
 
     return run
@@ -944,7 +972,6 @@ def _solve_once(
     _check_inputs(query, points, camera, prior, device_check=not single)
     if config.num_threads > 0:
         torch.set_num_threads(config.num_threads)
-    onehot = method == "re"
     n_alive = len(points)
     if single:
         graphs.new_epoch()
@@ -967,28 +994,16 @@ def _solve_once(
         timer.lap("coarse_maps")
         if prior is not None:
             T0 = prior.to(device=dev, dtype=torch.float64)
-            fine = _fine_maps(query, points, coarse, camera, T0, config, alive, onehot)
-            timer.lap("fine_maps")
-            T = _fine_gnc(
-                xyz,
-                fine,
-                camera,
-                config.tracking_sigmas,
-                T0,
-                config.tracking_iterations,
-                config,
-                "fine_" + method,
-                config.tracking_polish_iterations,
+            fine, T = _fine_level(
+                query, points, coarse, xyz, camera, T0, config, alive, method, True, timer.lap
             )
-            timer.lap("fine_gnc")
             result = _finalize(xyz, fine, camera, T, config, n_alive, "tracking", method, alive)
             timer.lap("finalize")
             if result.reliable or not config.tracking_fallback:
                 result.timings = dict(timer.times, total=timer.total())
                 return result
         # The coarse level (MSAC scoring + coarse GNC) on argmax maps unless coarse_refinement="nre".
-        coarse_re = onehot or config.coarse_refinement == "argmax"
-        level = "re" if coarse_re else method
+        coarse_re, level = _coarse_level(method, config)
         T0, cinfo = _msac_stage(
             coarse, None, xyz, camera, config, n_alive, "msac_" + level, alive, coarse_re
         )
@@ -1005,20 +1020,9 @@ def _solve_once(
             coarse_stage,
         )
         timer.lap("coarse_gnc")
-        fine = _fine_maps(query, points, coarse, camera, T1, config, alive, onehot)
-        timer.lap("fine_maps")
-        T = _fine_gnc(
-            xyz,
-            fine,
-            camera,
-            config.fine_sigmas,
-            T1,
-            config.fine_iterations,
-            config,
-            "fine_" + method,
-            config.polish_iterations,
+        fine, T = _fine_level(
+            query, points, coarse, xyz, camera, T1, config, alive, method, False, timer.lap
         )
-        timer.lap("fine_gnc")
         result = _finalize(xyz, fine, camera, T, config, n_alive, "global", method, alive)
         timer.lap("finalize")
         result.timings = dict(timer.times, total=timer.total())

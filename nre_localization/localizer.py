@@ -135,12 +135,11 @@ def _inv(t: np.ndarray) -> np.ndarray:
 
 def pose_difference(t_a: np.ndarray, t_b: np.ndarray) -> tuple[float, float]:
     """(camera-centre distance in metres, rotation angle in degrees) between two
-    ``T_cam_world`` poses."""
-    ca = -t_a[:3, :3].T @ t_a[:3, 3]
-    cb = -t_b[:3, :3].T @ t_b[:3, 3]
-    r = t_a[:3, :3].T @ t_b[:3, :3]
-    ang = math.degrees(math.acos(max(-1.0, min(1.0, (np.trace(r) - 1.0) / 2.0))))
-    return float(np.linalg.norm(ca - cb)), ang
+    ``T_cam_world`` poses (:func:`evaluation.metrics.pose_errors`)."""
+    from nre_localization.evaluation.metrics import pose_errors
+
+    dt, dr = pose_errors(t_a, t_b)
+    return float(dt), float(dr)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:

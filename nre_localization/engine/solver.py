@@ -81,6 +81,7 @@ from nre_localization.engine.loss_maps import (
 from nre_localization.engine.msac import candidate_count, msac_p3p
 from nre_localization.engine.types import MapPoints, PoseResult, QueryFeatures, SolverConfig
 from nre_localization.errors import InputError
+from nre_localization.evaluation.metrics import pose_errors
 from nre_localization.geometry.cameras import Camera
 
 __all__ = [
@@ -917,15 +918,6 @@ def _solve(
     return _consensus(runs, config)
 
 
-def _pose_gap(a: torch.Tensor, b: torch.Tensor) -> tuple[float, float]:
-    """(camera-centre distance [m], rotation angle [deg]) between two ``T_cam_world``."""
-    ta, tb = a.numpy(), b.numpy()
-    ca, cb = -ta[:3, :3].T @ ta[:3, 3], -tb[:3, :3].T @ tb[:3, 3]
-    cos = (np.trace(ta[:3, :3].T @ tb[:3, :3]) - 1.0) / 2.0
-    ang = math.degrees(math.acos(max(-1.0, min(1.0, float(cos)))))
-    return float(np.linalg.norm(ca - cb)), ang
-
-
 def _consensus(runs: list[PoseResult], config: SolverConfig) -> PoseResult:
     """The lowest-cost run, unreliable when another *reliable* run disagrees with it (see
     ``SolverConfig.consensus_seeds``; a run the engine itself declines - a failed MSAC, a pose
@@ -936,7 +928,8 @@ def _consensus(runs: list[PoseResult], config: SolverConfig) -> PoseResult:
     for r in runs:
         if r is best or not r.reliable:
             continue
-        dt, dr = _pose_gap(best.T_cam_world, r.T_cam_world)
+        gap_t, gap_r = pose_errors(r.T_cam_world.numpy(), best.T_cam_world.numpy())
+        dt, dr = float(gap_t), float(gap_r)
         if not (math.isfinite(dt) and math.isfinite(dr)):  # (best itself non-finite)
             dt, dr = math.inf, math.inf
         spread_t, spread_r = max(spread_t, dt / depth), max(spread_r, dr)

@@ -9,7 +9,7 @@ which records host->device copies, CPU tensors, host synchronisations and data-d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 
 import pytest
 import torch
@@ -28,12 +28,7 @@ Record = tuple[
 ]
 
 
-@pytest.fixture(autouse=True)
-def _threads() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _record_stages(

@@ -28,13 +28,7 @@ OPENCV = Camera("OPENCV", 320, 240, (250.0, 255.0, 161.0, 118.0, -0.15, 0.03, 0.
 FISHEYE = Camera("OPENCV_FISHEYE", 320, 240, (180.0, 180.0, 160.0, 119.0, 0.02, -0.01, 0.003, 0.0))
 
 
-@pytest.fixture(autouse=True)
-def _threads():  # noqa: ANN202
-    # One thread: the 2-core CI machine is shared, and OpenMP barriers degrade badly under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _reproj(scene: PlantedScene, T: torch.Tensor) -> torch.Tensor:

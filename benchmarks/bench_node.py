@@ -261,7 +261,6 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
     import rclpy
     from diagnostic_msgs.msg import DiagnosticArray
     from geometry_msgs.msg import PoseWithCovarianceStamped, TransformStamped
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import CameraInfo, Image
     from tf2_msgs.msg import TFMessage
@@ -276,6 +275,7 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
         ros_env,
         wait_until,
     )
+    from nre_localization.testing.spinning import BackgroundSpin
 
     dev = str(resolve_device(args.device))
     frames = load_frames()
@@ -334,16 +334,7 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
                 PoseWithCovarianceStamped, "/pose_with_covariance", on_pose, pose_qos
             )
             node.create_subscription(DiagnosticArray, "/diagnostics", on_diag, rel)
-            ex = SingleThreadedExecutor()
-            ex.add_node(node)
-            stop = False
-
-            def spin() -> None:
-                while not stop:
-                    ex.spin_once(timeout_sec=0.01)
-
-            th = threading.Thread(target=spin, daemon=True)
-            th.start()
+            spinner = BackgroundSpin(node, 0.01)
             try:
                 ts = TransformStamped()
                 ts.header.frame_id, ts.child_frame_id = "base_link", CAMERA_FRAME
@@ -492,8 +483,7 @@ def bench_ros(args: argparse.Namespace, map_path: Path) -> dict[str, Any]:
                     "latency": _pct(lat2),
                 }
             finally:
-                stop = True
-                th.join(timeout=2)
+                spinner.stop()
                 node.destroy_node()
                 rclpy.try_shutdown()
     return result

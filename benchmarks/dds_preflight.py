@@ -92,7 +92,6 @@ def _main(n_images: int, timeout: float) -> str:
             raise RuntimeError(f"import {name}: {type(err).__name__}: {err}") from None
     import numpy as np
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from rclpy.utilities import get_rmw_implementation_identifier
     from sensor_msgs.msg import Image
@@ -105,6 +104,7 @@ def _main(n_images: int, timeout: float) -> str:
         ros_env,
         wait_until,
     )
+    from nre_localization.testing.spinning import BackgroundSpin
 
     clean_stale_fastdds_shm()
     with claim_domain_id() as lease:
@@ -131,16 +131,7 @@ def _main(n_images: int, timeout: float) -> str:
                             )
 
                 node.create_subscription(TFMessage, "/nre_preflight/echo", on_echo, rel)
-                ex = SingleThreadedExecutor()
-                ex.add_node(node)
-                stop = False
-
-                def spin() -> None:
-                    while not stop:
-                        ex.spin_once(timeout_sec=0.01)
-
-                th = threading.Thread(target=spin, daemon=True)
-                th.start()
+                spinner = BackgroundSpin(node, 0.01)
                 try:
                     wait_until(
                         lambda: (
@@ -184,8 +175,7 @@ def _main(n_images: int, timeout: float) -> str:
                         f"echoed across processes, round trip p50 {rtt[len(rtt) // 2]:.1f} ms"
                     )
                 finally:
-                    stop = True
-                    th.join(timeout=2)
+                    spinner.stop()
                     node.destroy_node()
             finally:
                 rclpy.try_shutdown()

@@ -147,13 +147,13 @@ def test_live_replay_publishes_bag_with_clock(
 ) -> None:
     pytest.importorskip("tf2_msgs", reason="tf2_msgs not generated (run make setup)")
     import rclpy
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
     from rosgraph_msgs.msg import Clock
     from sensor_msgs.msg import Image
     from tf2_msgs.msg import TFMessage
 
     from nre_localization.testing import wait_until
+    from nre_localization.testing.spinning import BackgroundSpin
 
     names = _queries()[:3]
     bag = tmp_path / "q"
@@ -180,16 +180,7 @@ def test_live_replay_publishes_bag_with_clock(
 
     node.create_subscription(Image, IMAGE_TOPIC, on_image, reliable)
     node.create_subscription(Clock, "/clock", on_clock, reliable)
-    ex = SingleThreadedExecutor()
-    ex.add_node(node)
-    stop = False
-
-    def spin() -> None:
-        while not stop:
-            ex.spin_once(timeout_sec=0.02)
-
-    th = threading.Thread(target=spin, daemon=True)
-    th.start()
+    spinner = BackgroundSpin(node, 0.02)
     try:
         player = ros_children.start_module(
             "nre_localization.ros.replay", "live", str(bag), "--rate", "4", "--loop", "2",
@@ -203,8 +194,7 @@ def test_live_replay_publishes_bag_with_clock(
         assert player.wait(timeout=60) == 0, player.output()
         wait_until(lambda: len(seen_images) >= 6, 10.0, what="all images")
     finally:
-        stop = True
-        th.join(timeout=2)
+        spinner.stop()
         node.destroy_node()
         rclpy.try_shutdown()
     got = [s for s, _ in seen_images]

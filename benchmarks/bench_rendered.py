@@ -81,24 +81,6 @@ from nre_localization.training.pairs import (  # noqa: E402
 )
 
 
-def _nre_with_coarse(mode: str):  # noqa: ANN202
-    """NRE with an explicit global-path coarse refinement (``SolverConfig.coarse_refinement``)."""
-
-    def run(q, pts, cam, prior, conf):  # noqa: ANN001, ANN202
-        return solver.solve(q, pts, cam, prior, replace(conf, coarse_refinement=mode))
-
-    return run
-
-
-def _nre_consensus(seeds: int):  # noqa: ANN202
-    """NRE with the global path's ambiguity check (``SolverConfig.consensus_seeds``)."""
-
-    def run(q, pts, cam, prior, conf):  # noqa: ANN001, ANN202
-        return solver.solve(q, pts, cam, prior, replace(conf, consensus_seeds=seeds))
-
-    return run
-
-
 def _nre_with(**kw: object):  # noqa: ANN202
     """NRE with SolverConfig fields replaced."""
 
@@ -112,9 +94,9 @@ METHODS = {
     "nre": solver.solve,  # the engine's defaults
     "nre_window_trunc": _nre_with(fine_truncation="window"),
     "nre_map_trunc": _nre_with(fine_truncation="map"),  # the paper's fine truncation
-    "nre_consensus4": _nre_consensus(4),
-    "nre_coarse_nre": _nre_with_coarse("nre"),
-    "nre_coarse_argmax": _nre_with_coarse("argmax"),
+    "nre_consensus4": _nre_with(consensus_seeds=4),
+    "nre_coarse_nre": _nre_with(coarse_refinement="nre"),
+    "nre_coarse_argmax": _nre_with(coarse_refinement="argmax"),
     "re": solver.solve_re,
     "pnp": solver.solve_pnp_ransac,
 }

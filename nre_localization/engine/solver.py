@@ -732,16 +732,15 @@ def _path_stage(
     cpad = 2 * gnc_radius(config.coarse_sigmas) + 1
 
     def msac_core(
-        cm: CoarseMaps, xyz: torch.Tensor, alive: torch.Tensor, n_t: torch.Tensor, k_t: torch.Tensor
+        cm: CoarseMaps, xyz: torch.Tensor, alive: torch.Tensor, n_t: torch.Tensor
     ) -> tuple[torch.Tensor, InfoMaps]:
         cinfo = coarse_info_maps(cm, cpad, alive=alive, onehot=coarse_re)
         compact = False if config.compile_msac else None
-        T, _ = msac_p3p(cm, cinfo, xyz, camera, inner, n_t, compact=compact, k_use=k_t)
+        # (the candidate count comes from n_t on the device: msac_p3p's default for k_use)
+        T, _ = msac_p3p(cm, cinfo, xyz, camera, inner, n_t, compact=compact)
         return T, cinfo
 
     msac = compiled(msac_core, "msac") if config.compile_msac else msac_core
-
-    frac, kmin = config.msac_candidate_fraction, config.msac_min_candidates
 
     def run(
         cfeat: torch.Tensor,
@@ -759,9 +758,6 @@ def _path_stage(
         )
         cfeat, ffeat, desc_c, desc_f, xyz_in = safe
         alive = cached(("arange", nb), dev, lambda: torch.arange(nb, device=dev)) < n_t
-        # candidate_count on the device: min(n, max(kmin, ceil(frac n)))
-        k_t = torch.ceil(n_t.to(torch.float64) * frac).long().clamp_min(kmin)
-        k_t = torch.minimum(k_t, n_t)
         q = QueryFeatures(cfeat, ffeat, cs, fs)
         pts = MapPoints(xyz_in, desc_c, desc_f)
         cm = build_coarse_maps(q, pts, inner, alive)
@@ -770,7 +766,7 @@ def _path_stage(
             assert p0 is not None
             T0 = p0
         else:
-            Tm, cinfo = msac(cm, xyz, alive, n_t, k_t)
+            Tm, cinfo = msac(cm, xyz, alive, n_t)
             T0 = _gnc(
                 xyz,
                 cinfo,

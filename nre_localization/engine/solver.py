@@ -224,14 +224,10 @@ def _project_cells(
 
 def _pad_points(points: MapPoints, n: int) -> MapPoints:
     """Append zero points (they project nowhere and carry zero information) up to ``n``."""
-    extra = n - len(points)
-    if extra <= 0:
+    if n <= len(points):
         return points
-
-    def pad(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t, t.new_zeros((extra, t.shape[1]))], 0)
-
-    return MapPoints(pad(points.xyz), pad(points.desc_coarse), pad(points.desc_fine))
+    per_point = (points.xyz, points.desc_coarse, points.desc_fine)
+    return MapPoints(*graphs.materialize(tuple(graphs.Padded(t, n) for t in per_point)))
 
 
 Stage = Callable[..., tuple[torch.Tensor, ...]]
